@@ -1,0 +1,250 @@
+"""Typed configuration shared by the training scripts.
+
+One dataclass per concern (run, optimisation) plus the task dataclasses, parsed with
+transformers' HfArgumentParser. ``--config preset.yaml`` supplies defaults, the command line
+overrides them, and keys that no dataclass knows are errors (a typo in a preset must not
+silently fall back to a default). Derived values are methods, never mutations of parsed args.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import difflib
+import math
+import sys
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Optional, Sequence
+
+import yaml
+from transformers import HfArgumentParser
+
+
+class ConfigError(ValueError):
+    """A configuration problem the user must fix; the message says which key and how."""
+
+
+def _help(text: str, **kwargs) -> Any:
+    return field(metadata={"help": text}, **kwargs)
+
+
+@dataclass
+class RunArguments:
+    output_dir: str = _help("Run folder: config.yaml, metrics.jsonl, eval_results.json, tensorboard/, checkpoints/, final/.",
+                            default="runs/pretrain")
+    overwrite_output_dir: bool = _help("Start afresh in an output folder that already holds another run.", default=False)
+    seed: int = _help("Seed for initialisation, data order, pair creation and training masks.", default=42)
+    logging_steps: int = _help("Log training metrics every N optimizer steps.", default=50)
+    eval_steps: Optional[int] = _help("Also evaluate every N optimizer steps (always at each epoch end).", default=None)
+    checkpointing_steps: str = _help("'epoch', an integer N (every N optimizer steps), or 'none'.", default="epoch")
+    keep_last_n: int = _help("Keep only the newest N checkpoints (0 keeps all).", default=2)
+    resume_from_checkpoint: Optional[str] = _help(
+        "'latest' (newest complete checkpoint in OUTPUT_DIR/checkpoints, or a fresh start if there is none) or a path.",
+        default=None)
+    report_to: str = _help("'tensorboard' or 'none'.", default="tensorboard")
+    dataloader_num_workers: int = _help("DataLoader worker processes.", default=0)
+    nan_policy: str = _help("On a non-finite loss or gradient: 'skip' the update, or 'stop' after saving.", default="stop")
+    process_group_timeout: int = _help("Seconds a collective may wait before the job fails (a crashed rank).",
+                                       default=1800)
+    push_to_hub: bool = _help("Upload final/ to the Hugging Face Hub at the end (token from HF_TOKEN or the login).",
+                              default=False)
+    hub_model_id: Optional[str] = _help("Repository id for --push_to_hub, e.g. user/bert-wikitext.", default=None)
+    hub_private: bool = _help("Create the hub repository as private.", default=False)
+    peak_tflops: Optional[float] = _help("Peak TFLOP/s of one device for MFU; default from a table of known GPUs.",
+                                         default=None)
+
+    def __post_init__(self):
+        _choice("report_to", self.report_to, ("tensorboard", "none"))
+        _choice("nan_policy", self.nan_policy, ("skip", "stop"))
+        if self.checkpointing_steps not in ("epoch", "none"):
+            try:
+                if int(self.checkpointing_steps) <= 0:
+                    raise ValueError
+            except ValueError:
+                raise ConfigError(f"checkpointing_steps must be 'epoch', 'none' or a positive integer, "
+                                  f"got {self.checkpointing_steps!r}") from None
+        _positive("logging_steps", self.logging_steps)
+        if self.eval_steps is not None:
+            _positive("eval_steps", self.eval_steps)
+        if self.keep_last_n < 0:
+            raise ConfigError("keep_last_n must be >= 0 (0 keeps every checkpoint)")
+        if self.push_to_hub and not self.hub_model_id:
+            raise ConfigError("--push_to_hub needs --hub_model_id NAME (e.g. your-user/bert-wikitext)")
+
+    def checkpoint_every_steps(self) -> Optional[int]:
+        return int(self.checkpointing_steps) if self.checkpointing_steps not in ("epoch", "none") else None
+
+
+@dataclass
+class OptimizationArguments:
+    learning_rate: float = _help("Peak learning rate of AdamW.", default=1e-4)
+    weight_decay: float = _help("Decoupled weight decay (never on biases and LayerNorm weights).", default=0.01)
+    adam_beta1: float = _help("AdamW beta1.", default=0.9)
+    adam_beta2: float = _help("AdamW beta2.", default=0.999)
+    adam_epsilon: float = _help("AdamW epsilon.", default=1e-6)
+    max_grad_norm: float = _help("Clip the global gradient norm to this value (0 disables).", default=1.0)
+    lr_scheduler_type: str = _help("'linear' or 'cosine' decay after warmup.", default="linear")
+    warmup_steps: Optional[int] = _help("Warmup optimizer steps (overrides warmup_ratio).", default=None)
+    warmup_ratio: float = _help("Warmup as a fraction of all optimizer steps.", default=0.01)
+    per_device_train_batch_size: int = _help("Micro-batch size per process.", default=32)
+    per_device_eval_batch_size: int = _help("Evaluation batch size per process.", default=64)
+    gradient_accumulation_steps: int = _help("Micro-batches per optimizer step.", default=1)
+    num_train_epochs: int = _help("Epochs over the training split (ignored when max_train_steps is set).", default=5)
+    max_train_steps: Optional[int] = _help("Stop after this many optimizer steps.", default=None)
+
+    def __post_init__(self):
+        _choice("lr_scheduler_type", self.lr_scheduler_type, ("linear", "cosine"))
+        for name in ("per_device_train_batch_size", "per_device_eval_batch_size", "gradient_accumulation_steps",
+                     "num_train_epochs"):
+            _positive(name, getattr(self, name))
+        if self.max_train_steps is not None:
+            _positive("max_train_steps", self.max_train_steps)
+        if not 0.0 <= self.warmup_ratio < 1.0:
+            raise ConfigError(f"warmup_ratio must be in [0, 1), got {self.warmup_ratio}")
+        if self.learning_rate <= 0:
+            raise ConfigError(f"learning_rate must be positive, got {self.learning_rate}")
+
+    def total_steps(self, steps_per_epoch: int) -> int:
+        if self.max_train_steps is not None:
+            return self.max_train_steps
+        return self.num_train_epochs * steps_per_epoch
+
+    def num_epochs(self, steps_per_epoch: int) -> int:
+        return math.ceil(self.total_steps(steps_per_epoch) / steps_per_epoch)
+
+    def num_warmup_steps(self, total_steps: int) -> int:
+        if self.warmup_steps is not None:
+            return self.warmup_steps
+        return int(math.ceil(self.warmup_ratio * total_steps))
+
+
+def _choice(name: str, value: Any, choices: Sequence[Any]) -> None:
+    if value not in choices:
+        raise ConfigError(f"{name} must be one of {', '.join(map(str, choices))}; got {value!r}")
+
+
+def _positive(name: str, value: int) -> None:
+    if value is None or value <= 0:
+        raise ConfigError(f"{name} must be a positive integer, got {value!r}")
+
+
+def _load_preset(path: str, known: set[str]) -> dict[str, Any]:
+    preset = Path(path)
+    if not preset.is_file():
+        raise ConfigError(f"--config {path}: no such file (presets live in train/configs/)")
+    try:
+        values = yaml.safe_load(preset.read_text()) or {}
+    except yaml.YAMLError as err:
+        raise ConfigError(f"--config {path}: not valid YAML: {err}") from None
+    if not isinstance(values, dict):
+        raise ConfigError(f"--config {path}: expected a mapping of option: value at the top level")
+    unknown = sorted(set(values) - known)
+    if unknown:
+        hints = []
+        for key in unknown:
+            close = difflib.get_close_matches(key, known, n=1)
+            hints.append(f"{key!r}" + (f" (did you mean {close[0]!r}?)" if close else ""))
+        raise ConfigError(f"--config {path}: unknown option(s) {', '.join(hints)}; "
+                          f"run the script with --help for the valid ones")
+    return values
+
+
+def parse_config(dataclass_types: Sequence[type], argv: Optional[Sequence[str]] = None,
+                 description: str = "") -> tuple:
+    """Parse ``--config FILE`` + command line into instances of ``dataclass_types``."""
+    argv = list(sys.argv[1:] if argv is None else argv)
+    pre = argparse.ArgumentParser(add_help=False)
+    pre.add_argument("--config", default=None)
+    pre_args, rest = pre.parse_known_args(argv)
+
+    parser = HfArgumentParser(dataclass_types, description=description)
+    parser.add_argument("--config", default=None, help="YAML preset (train/configs/*.yaml); the command line overrides it.")
+    if pre_args.config:
+        known = {f.name for dc in dataclass_types for f in dataclasses.fields(dc)}
+        parser.set_defaults(**_load_preset(pre_args.config, known))
+    try:
+        parsed = parser.parse_args_into_dataclasses(args=rest, look_for_args_file=False)
+    except ConfigError:
+        raise
+    except (TypeError, ValueError) as err:
+        raise ConfigError(str(err)) from None
+    return tuple(parsed[: len(dataclass_types)])
+
+
+def flat_config(*configs) -> dict[str, Any]:
+    """All options of the parsed dataclasses as one flat, YAML-friendly mapping."""
+    merged: dict[str, Any] = {}
+    for cfg in configs:
+        merged.update(dataclasses.asdict(cfg))
+    return merged
+
+
+@dataclass
+class PretrainingModelArguments:
+    """BertConfig sizes; the defaults are bert-base-uncased's (vocab_size comes from the tokenizer)."""
+
+    hidden_size: int = _help("Hidden size.", default=768)
+    num_hidden_layers: int = _help("Transformer layers.", default=12)
+    num_attention_heads: int = _help("Attention heads.", default=12)
+    intermediate_size: int = _help("Feed-forward size.", default=3072)
+    max_position_embeddings: int = _help("Position embeddings (>= max_seq_length).", default=512)
+    hidden_dropout_prob: float = _help("Dropout on hidden states.", default=0.1)
+    attention_probs_dropout_prob: float = _help("Dropout on attention probabilities.", default=0.1)
+    initializer_range: float = _help("Std of the truncated-normal initialisation.", default=0.02)
+    attn_implementation: str = _help("'sdpa' (fused scaled-dot-product attention) or 'eager'.", default="sdpa")
+    sparse_mlm_head: bool = _help("Run the MLM prediction head only at masked positions (same loss, less compute).",
+                                  default=True)
+    torch_compile: bool = _help("torch.compile the encoder.", default=False)
+
+    def __post_init__(self):
+        _choice("attn_implementation", self.attn_implementation, ("sdpa", "eager"))
+        if self.hidden_size % self.num_attention_heads:
+            raise ConfigError(f"hidden_size ({self.hidden_size}) must be divisible by num_attention_heads "
+                              f"({self.num_attention_heads})")
+
+
+@dataclass
+class PretrainingDataArguments:
+    dataset_name: Optional[str] = _help("Hub dataset (used when no --train_file is given).", default="wikitext")
+    dataset_config_name: Optional[str] = _help("Hub dataset configuration.", default="wikitext-2-raw-v1")
+    train_file: Optional[str] = _help("Local training text (WikiText raw, or plain text with blank lines "
+                                      "between documents).", default=None)
+    validation_file: Optional[str] = _help("Local validation text.", default=None)
+    test_file: Optional[str] = _help("Local test text.", default=None)
+    validation_split_percentage: float = _help("Without a validation split, hold out this percentage of the "
+                                               "training documents (whole documents).", default=5.0)
+    document_boundary: str = _help("'auto', 'wikitext' (' = Title = ' headings start articles) or 'blank_line'.",
+                                   default="auto")
+    max_seq_length: int = _help("Tokens per instance, [CLS] and [SEP]s included.", default=128)
+    short_seq_prob: float = _help("Probability of a shorter target length (as in BERT's data creation).",
+                                  default=0.1)
+    nsp: bool = _help("Next sentence prediction; --no_nsp trains MLM only.", default=True)
+    mlm_probability: float = _help("Fraction of tokens chosen for prediction.", default=0.15)
+    whole_word_masking: bool = _help("Mask whole words (all WordPieces of a word together).", default=False)
+    tokenizer_name: str = _help("Tokenizer: a hub id or a local folder.", default="bert-base-uncased")
+    train_tokenizer: Optional[int] = _help("Train an uncased WordPiece vocabulary of this size on the training "
+                                           "split instead of loading --tokenizer_name.", default=None)
+    preprocessing_num_workers: Optional[int] = _help("Processes for datasets.map.", default=None)
+    overwrite_cache: bool = _help("Rebuild the cached preprocessing.", default=False)
+    max_train_samples: Optional[int] = _help("Use only the first N training instances.", default=None)
+    max_eval_samples: Optional[int] = _help("Use only the first N validation/test instances.", default=None)
+    eval_mask_seed: int = _help("Seed of the FIXED evaluation masks (same model -> same perplexity).", default=0)
+
+    def __post_init__(self):
+        _choice("document_boundary", self.document_boundary, ("auto", "wikitext", "blank_line"))
+        if self.train_file is None and self.dataset_name is None:
+            raise ConfigError("give --train_file (local text) or --dataset_name (hub dataset)")
+        if self.max_seq_length < 8:
+            raise ConfigError(f"max_seq_length must be at least 8, got {self.max_seq_length}")
+        if not 0.0 < self.mlm_probability < 1.0:
+            raise ConfigError(f"mlm_probability must be in (0, 1), got {self.mlm_probability}")
+        if not 0.0 <= self.short_seq_prob <= 1.0:
+            raise ConfigError(f"short_seq_prob must be in [0, 1], got {self.short_seq_prob}")
+        if not 0.0 <= self.validation_split_percentage < 100.0:
+            raise ConfigError("validation_split_percentage must be in [0, 100)")
+        if self.train_tokenizer is not None and self.train_tokenizer < 200:
+            raise ConfigError(f"train_tokenizer (vocabulary size) must be at least 200, got {self.train_tokenizer}")
+
+    def uses_local_files(self) -> bool:
+        return self.train_file is not None

@@ -1,0 +1,183 @@
+"""Checkpoints that are either complete or ignored, and the counters that make resume exact.
+
+A checkpoint is written by `accelerator.save_state` (every rank: DeepSpeed needs all of them)
+into `checkpoints/.tmp-step_NNNNNN/`; the main process then writes `checkpoint.json` (step,
+counters, world size, model shape, file sizes) and renames the folder to `step_NNNNNN/`. A kill at
+any moment leaves either a hidden temporary folder or a complete checkpoint. On resume,
+`latest` walks checkpoints from the newest down and skips (with a warning naming it) any whose
+manifest is missing or whose files do not match it, or that fails to load.
+
+A checkpoint folder is trusted input: optimizer, scheduler and RNG states are pickles.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any, Optional
+
+from accelerate.logging import get_logger
+
+logger = get_logger(__name__)
+
+MANIFEST = "checkpoint.json"
+STEP_PREFIX = "step_"
+
+
+class CheckpointError(RuntimeError):
+    pass
+
+
+@dataclass
+class TrainState:
+    """Registered with accelerator.register_for_checkpointing: restored by load_state."""
+
+    step: int = 0                  # optimizer steps done
+    epoch: int = 0                 # epoch in progress
+    batches_in_epoch: int = 0      # micro-batches (per process) consumed in that epoch
+    samples_seen: int = 0          # global
+    tokens_seen: int = 0           # global, non-padding
+    world_size: int = 1            # processes and micro-batch size that batches_in_epoch counts in
+    per_device_batch_size: int = 0
+    extra: dict = field(default_factory=dict)  # task-specific (best dev score, patience, ...)
+
+    def state_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        for key, value in state.items():
+            setattr(self, key, value)
+
+    def batches_to_skip(self, world_size: int, per_device_batch_size: int) -> int:
+        """Micro-batches per process to skip in the resumed epoch, also on another process count:
+        the seeded epoch permutation is the same, so the consumed prefix of samples is too."""
+        consumed = self.batches_in_epoch * self.world_size * self.per_device_batch_size
+        per_batch = world_size * per_device_batch_size
+        if consumed % per_batch:
+            raise CheckpointError(
+                f"the checkpoint stopped {consumed} samples into epoch {self.epoch} ({self.world_size} processes x "
+                f"{self.per_device_batch_size}); that is not a whole number of batches of {world_size} x "
+                f"{per_device_batch_size}; resume with {self.world_size} processes or a compatible batch size")
+        return consumed // per_batch
+
+
+def checkpoint_name(step: int) -> str:
+    return f"{STEP_PREFIX}{step:06d}"
+
+
+def _manifest_files(folder: Path) -> dict[str, int]:
+    return {str(p.relative_to(folder)): p.stat().st_size for p in sorted(folder.rglob("*"))
+            if p.is_file() and p.name != MANIFEST}
+
+
+def save_checkpoint(accelerator, checkpoints_dir: Path, train_state: TrainState, metadata: dict[str, Any],
+                    keep_last_n: int) -> Path:
+    """Save the accelerator state atomically; returns the final folder."""
+    name = checkpoint_name(train_state.step)
+    final = checkpoints_dir / name
+    tmp = checkpoints_dir / f".tmp-{name}"
+    if accelerator.is_main_process:
+        checkpoints_dir.mkdir(parents=True, exist_ok=True)
+        shutil.rmtree(tmp, ignore_errors=True)
+    accelerator.wait_for_everyone()
+    accelerator.save_state(str(tmp), safe_serialization=True)
+    accelerator.wait_for_everyone()
+    if accelerator.is_main_process:
+        manifest = {"step": train_state.step, "train_state": train_state.state_dict(), **metadata,
+                    "files": _manifest_files(tmp)}
+        with open(tmp / MANIFEST, "w") as f:
+            json.dump(manifest, f, indent=1)
+            f.flush()
+            os.fsync(f.fileno())
+        if final.exists():  # the same step saved again (e.g. epoch end right after a step save)
+            shutil.rmtree(final)
+        os.replace(tmp, final)
+        _prune(checkpoints_dir, keep_last_n)
+    accelerator.wait_for_everyone()
+    return final
+
+
+def list_checkpoints(checkpoints_dir: Path) -> list[Path]:
+    """Complete-looking checkpoint folders, newest first (by the step in the manifest name)."""
+    if not checkpoints_dir.is_dir():
+        return []
+    found = []
+    for p in checkpoints_dir.iterdir():
+        if p.is_dir() and p.name.startswith(STEP_PREFIX) and p.name[len(STEP_PREFIX):].isdigit():
+            found.append((int(p.name[len(STEP_PREFIX):]), p))
+    return [p for _, p in sorted(found, reverse=True)]
+
+
+def _prune(checkpoints_dir: Path, keep_last_n: int) -> None:
+    if keep_last_n <= 0:
+        return
+    for old in list_checkpoints(checkpoints_dir)[keep_last_n:]:
+        shutil.rmtree(old, ignore_errors=True)
+
+
+def validate_checkpoint(folder: Path) -> dict[str, Any]:
+    """The manifest if every file it lists is present with its size; CheckpointError otherwise."""
+    manifest_path = folder / MANIFEST
+    if not manifest_path.is_file():
+        raise CheckpointError(f"{folder}: no {MANIFEST} (incomplete write?)")
+    try:
+        manifest = json.loads(manifest_path.read_text())
+    except (json.JSONDecodeError, UnicodeDecodeError) as err:
+        raise CheckpointError(f"{manifest_path}: unreadable manifest ({err})") from None
+    for rel, size in manifest.get("files", {}).items():
+        path = folder / rel
+        if not path.is_file():
+            raise CheckpointError(f"{folder}: missing {rel}")
+        if path.stat().st_size != size:
+            raise CheckpointError(f"{folder}: {rel} has {path.stat().st_size} bytes, the manifest says {size} "
+                                  "(truncated or corrupt)")
+    return manifest
+
+
+def resume_candidates(output_dir: Path, spec: str) -> list[Path]:
+    """Checkpoints to try in order for --resume_from_checkpoint SPEC ('latest' or a path)."""
+    if spec == "latest":
+        candidates = []
+        for folder in list_checkpoints(output_dir / "checkpoints"):
+            try:
+                validate_checkpoint(folder)
+                candidates.append(folder)
+            except CheckpointError as err:
+                logger.warning(f"skipping checkpoint {folder.name}: {err}", main_process_only=True)
+        return candidates
+    folder = Path(spec)
+    if not folder.is_dir():
+        raise CheckpointError(f"--resume_from_checkpoint {spec}: no such folder")
+    validate_checkpoint(folder)
+    return [folder]
+
+
+def check_compatible(manifest: dict[str, Any], model_signature: dict[str, Any], world_size: int,
+                     using_deepspeed: bool, folder: Path) -> None:
+    """Refuse, with the reason, checkpoints that cannot continue this run."""
+    saved = manifest.get("model_signature")
+    if saved is not None and saved != model_signature:
+        diffs = {k: (saved.get(k), model_signature.get(k)) for k in set(saved) | set(model_signature)
+                 if saved.get(k) != model_signature.get(k)}
+        raise CheckpointError(f"{folder}: checkpoint is of a different model shape {diffs} "
+                              "(checkpoint value, this run's value); resume with the same model options")
+    saved_world = manifest.get("train_state", {}).get("world_size", world_size)
+    if saved_world != world_size and using_deepspeed:
+        raise CheckpointError(f"{folder}: saved by {saved_world} processes; DeepSpeed ZeRO shards optimizer state "
+                              f"per process, so resume it with {saved_world} processes (this run has {world_size})")
+
+
+def load_checkpoint(accelerator, folder: Path) -> None:
+    accelerator.load_state(str(folder))
+
+
+def latest_complete_step(output_dir: Path) -> Optional[int]:
+    for folder in list_checkpoints(output_dir / "checkpoints"):
+        try:
+            return validate_checkpoint(folder)["step"]
+        except CheckpointError:
+            continue
+    return None

@@ -1,0 +1,109 @@
+"""Accelerator construction and the checks that turn silent launcher mistakes into errors.
+
+Precision, process count and ZeRO stage come from the accelerate config (accelerate_configs/);
+gradient accumulation and clipping from the script's options. The checks here catch what
+ENVIRONMENT.md measured as silent: a launcher that starts N independent single-process trainings,
+fp16 on CPU (which trains in fp32), and a DeepSpeed config that is quietly ignored.
+"""
+
+from __future__ import annotations
+
+import datetime as _dt
+import os
+from pathlib import Path
+from typing import Any
+
+import torch
+from accelerate import Accelerator, DataLoaderConfiguration, InitProcessGroupKwargs
+from accelerate.utils import DistributedType, GradientAccumulationPlugin, ProjectConfiguration
+
+
+class LaunchError(RuntimeError):
+    pass
+
+
+def deepspeed_requested() -> bool:
+    return os.environ.get("ACCELERATE_USE_DEEPSPEED", "false").lower() in ("1", "true", "yes")
+
+
+def build_accelerator(run_args, gradient_accumulation_steps: int, max_grad_norm: float) -> Accelerator:
+    has_cuda = torch.cuda.is_available()
+    use_deepspeed = deepspeed_requested()
+    timeout = _dt.timedelta(seconds=run_args.process_group_timeout)
+    # No GPU: gloo. Accelerator(cpu=True) makes a MULTI_GPU launch on a CPU box real DDP, but it
+    # would also silently drop DeepSpeed, so DeepSpeed on CPU gets only the gloo backend.
+    multi_process = int(os.environ.get("WORLD_SIZE", "1")) > 1
+    backend = "gloo" if (multi_process or use_deepspeed) and not has_cuda else None
+    pg_kwargs = InitProcessGroupKwargs(backend=backend, timeout=timeout)
+    accelerator = Accelerator(
+        cpu=not has_cuda and not use_deepspeed,
+        gradient_accumulation_plugin=GradientAccumulationPlugin(num_steps=gradient_accumulation_steps,
+                                                                sync_with_dataloader=False),
+        log_with="tensorboard" if run_args.report_to == "tensorboard" else None,
+        project_config=ProjectConfiguration(project_dir=run_args.output_dir, logging_dir=run_args.output_dir),
+        dataloader_config=DataLoaderConfiguration(use_seedable_sampler=True, data_seed=run_args.seed),
+        kwargs_handlers=[pg_kwargs],
+    )
+    check_launch(accelerator, use_deepspeed, max_grad_norm)
+    return accelerator
+
+
+def check_launch(accelerator: Accelerator, use_deepspeed: bool, max_grad_norm: float) -> None:
+    launched = int(os.environ.get("WORLD_SIZE", "1"))
+    if accelerator.num_processes != launched:
+        raise LaunchError(
+            f"the launcher started {launched} processes but this one sees a world of {accelerator.num_processes}: "
+            "they would train independently. On CPU use `accelerate launch --config_file "
+            "accelerate_configs/cpu_ddp.yaml` (see README); `--cpu --num_processes N` and MULTI_CPU configs start "
+            "one process only.")
+    if accelerator.mixed_precision == "fp16" and accelerator.device.type == "cpu":
+        raise LaunchError("mixed_precision fp16 on CPU silently trains in fp32 through Accelerate; use bf16 "
+                          "(CPUs with avx512_bf16/AMX) or 'no' in the accelerate config")
+    if use_deepspeed and accelerator.distributed_type != DistributedType.DEEPSPEED:
+        raise LaunchError("the accelerate config asks for DeepSpeed but Accelerate did not enable it "
+                          f"(distributed type {accelerator.distributed_type}); is ACCELERATE_USE_CPU set?")
+    if accelerator.distributed_type == DistributedType.DEEPSPEED:
+        ds_config = accelerator.state.deepspeed_plugin.deepspeed_config
+        clipping = ds_config.get("gradient_clipping", "auto")
+        if clipping == "auto":
+            ds_config["gradient_clipping"] = max_grad_norm
+        elif float(clipping) != float(max_grad_norm):
+            raise LaunchError(f"gradient clipping is set twice and disagrees: DeepSpeed json says {clipping}, "
+                              f"--max_grad_norm says {max_grad_norm}; make them equal (one source of truth)")
+
+
+def distributed_summary(accelerator: Accelerator, gradient_accumulation_steps: int) -> dict[str, Any]:
+    summary: dict[str, Any] = {
+        "distributed_type": str(accelerator.distributed_type.value),
+        "num_processes": accelerator.num_processes,
+        "num_machines": int(os.environ.get("ACCELERATE_NUM_MACHINES", os.environ.get("GROUP_WORLD_SIZE", 1)) or 1),
+        "mixed_precision": accelerator.mixed_precision,
+        "device_type": accelerator.device.type,
+        "device_name": torch.cuda.get_device_name(0) if torch.cuda.is_available() else "cpu",
+        "gradient_accumulation_steps": gradient_accumulation_steps,
+        "accelerate_config_file": os.environ.get("ACCELERATE_CONFIG_FILE"),
+    }
+    if accelerator.distributed_type == DistributedType.DEEPSPEED:
+        plugin = accelerator.state.deepspeed_plugin
+        summary["deepspeed"] = {"zero_stage": plugin.zero_stage, "config": plugin.deepspeed_config}
+    return summary
+
+
+def is_deepspeed(accelerator: Accelerator) -> bool:
+    return accelerator.distributed_type == DistributedType.DEEPSPEED
+
+
+def output_path(run_args) -> Path:
+    return Path(run_args.output_dir).expanduser().resolve()
+
+
+def agree_on_flags(accelerator: Accelerator, local_nonfinite: torch.Tensor, grad_norm, preemption) -> tuple[bool, bool]:
+    """One all-reduce per optimizer step: (any rank saw a non-finite loss/gradient, any rank got a
+    preemption signal). Every rank gets the same answer and so acts at the same step."""
+    nonfinite = local_nonfinite.float()
+    if grad_norm is not None:
+        norm = torch.as_tensor(grad_norm, dtype=torch.float32).to(nonfinite.device)
+        nonfinite = torch.maximum(nonfinite, (~torch.isfinite(norm)).float())
+    flags = torch.stack([nonfinite, torch.tensor(preemption.local_flag, device=nonfinite.device)])
+    flags = accelerator.reduce(flags, reduction="sum").tolist()
+    return flags[0] > 0, flags[1] > 0

@@ -1,0 +1,132 @@
+"""Masked-LM masking as a collator, deterministic per (seed, epoch, example index).
+
+Each example draws its mask from its own generator keyed by (seed, epoch, index). Masks are
+therefore the same whatever the batch composition, worker count, number of processes or
+resume point, fresh in every training epoch, and FIXED for evaluation (one constant epoch).
+Of the ~15% chosen positions 80% become [MASK], 10% a random token and 10% stay unchanged;
+special tokens and padding are never chosen. The chosen count is round(p * maskable tokens)
+(at least one), as in BERT's data creation, rather than a Bernoulli draw per token.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Sequence
+
+import numpy as np
+import torch
+
+IGNORE_INDEX = -100
+
+
+class IndexedDataset(torch.utils.data.Dataset):
+    """Adds each row's index (the masking key) and fetches whole batches in one Arrow read."""
+
+    def __init__(self, dataset):
+        self.dataset = dataset
+
+    def __len__(self) -> int:
+        return len(self.dataset)
+
+    def __getitem__(self, index: int) -> dict[str, Any]:
+        return {**self.dataset[int(index)], "index": int(index)}
+
+    def __getitems__(self, indices: Sequence[int]) -> list[dict[str, Any]]:
+        indices = [int(i) for i in indices]
+        columns = self.dataset[indices]
+        rows = [dict(zip(columns, values)) for values in zip(*columns.values())]
+        for row, index in zip(rows, indices):
+            row["index"] = index
+        return rows
+
+
+class PretrainingCollator:
+    """Pads a batch (to a multiple of 8) and applies MLM masking; keeps NSP labels if present."""
+
+    def __init__(self, tokenizer, mlm_probability: float = 0.15, whole_word_masking: bool = False,
+                 seed: int = 0, pad_to_multiple_of: int = 8):
+        self.mlm_probability = mlm_probability
+        self.whole_word_masking = whole_word_masking
+        self.seed = seed
+        self.epoch = 0
+        self.pad_to_multiple_of = pad_to_multiple_of
+        self.pad_id = tokenizer.pad_token_id
+        self.mask_id = tokenizer.mask_token_id
+        vocab_size = len(tokenizer)
+        special = np.zeros(vocab_size, dtype=bool)
+        special[[i for i in tokenizer.all_special_ids if i < vocab_size]] = True
+        self.special = special
+        self.random_pool = np.flatnonzero(~special)  # random replacements are ordinary tokens
+        continuation = np.zeros(vocab_size, dtype=bool)
+        for token, token_id in tokenizer.get_vocab().items():
+            if token.startswith("##") and token_id < vocab_size:
+                continuation[token_id] = True
+        self.continuation = continuation
+
+    def set_epoch(self, epoch: int) -> None:
+        self.epoch = epoch
+
+    def mask_example(self, input_ids: np.ndarray, index: int) -> tuple[np.ndarray, np.ndarray]:
+        rng = np.random.default_rng([self.seed, self.epoch, index])
+        candidates = np.flatnonzero(~self.special[input_ids])
+        labels = np.full(input_ids.shape, IGNORE_INDEX, dtype=np.int64)
+        if candidates.size == 0:
+            return input_ids, labels
+        n_mask = max(1, int(round(candidates.size * self.mlm_probability)))
+        if self.whole_word_masking:
+            chosen = self._whole_words(input_ids, candidates, n_mask, rng)
+        else:
+            chosen = np.sort(rng.choice(candidates, size=n_mask, replace=False))
+        labels[chosen] = input_ids[chosen]
+        masked = input_ids.copy()
+        action = rng.random(chosen.size)
+        masked[chosen[action < 0.8]] = self.mask_id
+        to_random = chosen[(action >= 0.8) & (action < 0.9)]
+        masked[to_random] = rng.choice(self.random_pool, size=to_random.size)
+        return masked, labels
+
+    def _whole_words(self, input_ids: np.ndarray, candidates: np.ndarray, n_mask: int,
+                     rng: np.random.Generator) -> np.ndarray:
+        # A word = a candidate position plus the ## continuation pieces that directly follow it.
+        starts = [p for k, p in enumerate(candidates)
+                  if not self.continuation[input_ids[p]] or k == 0 or candidates[k - 1] != p - 1]
+        words, start_set = [], set(starts)
+        for p in candidates:
+            if p in start_set:
+                words.append([p])
+            else:
+                words[-1].append(p)
+        chosen: list[int] = []
+        for w in rng.permutation(len(words)):
+            if len(chosen) >= n_mask:
+                break
+            if len(chosen) + len(words[w]) > n_mask and chosen:
+                continue  # a whole word would overshoot the budget; try a shorter one
+            chosen.extend(words[w])
+        return np.sort(np.asarray(chosen, dtype=np.int64))
+
+    def __call__(self, examples: list[dict[str, Any]]) -> dict[str, torch.Tensor]:
+        longest = max(len(e["input_ids"]) for e in examples)
+        width = -(-longest // self.pad_to_multiple_of) * self.pad_to_multiple_of
+        batch_size = len(examples)
+        input_ids = np.full((batch_size, width), self.pad_id, dtype=np.int64)
+        labels = np.full((batch_size, width), IGNORE_INDEX, dtype=np.int64)
+        token_type_ids = np.zeros((batch_size, width), dtype=np.int64)
+        attention_mask = np.zeros((batch_size, width), dtype=np.int64)
+        for row, example in enumerate(examples):
+            ids = np.asarray(example["input_ids"], dtype=np.int64)
+            masked, example_labels = self.mask_example(ids, example["index"])
+            n = ids.size
+            input_ids[row, :n] = masked
+            labels[row, :n] = example_labels
+            token_type_ids[row, :n] = example["token_type_ids"]
+            attention_mask[row, :n] = 1
+        batch = {
+            "input_ids": torch.from_numpy(input_ids),
+            "token_type_ids": torch.from_numpy(token_type_ids),
+            "attention_mask": torch.from_numpy(attention_mask),
+            "labels": torch.from_numpy(labels),
+        }
+        if "next_sentence_label" in examples[0]:
+            batch["next_sentence_label"] = torch.tensor([e["next_sentence_label"] for e in examples],
+                                                        dtype=torch.long)
+        return batch

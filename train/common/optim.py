@@ -1,0 +1,33 @@
+"""AdamW with BERT's weight-decay exclusions, and the warmup + decay schedule."""
+
+from __future__ import annotations
+
+import torch
+from transformers import get_scheduler
+
+NO_DECAY_SUFFIXES = ("bias", "LayerNorm.weight", "LayerNorm.bias", "layer_norm.weight", "layer_norm.bias")
+
+
+def parameter_groups(model: torch.nn.Module, weight_decay: float) -> list[dict]:
+    decay, no_decay = [], []
+    for name, param in model.named_parameters():
+        if not param.requires_grad:
+            continue
+        (no_decay if name.endswith(NO_DECAY_SUFFIXES) else decay).append(param)
+    return [{"params": decay, "weight_decay": weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
+
+
+def build_optimizer(model: torch.nn.Module, opt_args, device: torch.device) -> torch.optim.AdamW:
+    # The fused kernel is one launch per step instead of one per tensor; only on accelerators.
+    fused = device.type == "cuda"
+    return torch.optim.AdamW(parameter_groups(model, opt_args.weight_decay), lr=opt_args.learning_rate,
+                             betas=(opt_args.adam_beta1, opt_args.adam_beta2), eps=opt_args.adam_epsilon,
+                             fused=fused)
+
+
+def build_scheduler(optimizer, opt_args, total_steps: int):
+    """Stepped by the loop once per optimizer step (not passed to accelerator.prepare, which
+    would step it once per process), so warmup and decay are counted in optimizer steps."""
+    return get_scheduler(opt_args.lr_scheduler_type, optimizer,
+                         num_warmup_steps=opt_args.num_warmup_steps(total_steps),
+                         num_training_steps=total_steps)

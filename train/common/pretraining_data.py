@@ -1,0 +1,407 @@
+"""Raw text -> documents -> sentences -> pretraining instances, with `datasets` caching.
+
+Documents are contiguous line ranges of a line dataset (one row per line, as `load_dataset("text")`
+and the hub's wikitext give). A cheap streaming pass finds the ranges; one batched, cached
+`datasets.map` over the ranges then splits sentences, tokenises them (one fast-tokenizer call per
+batch) and builds instances. Everything stays in memory-mapped Arrow files, so a corpus larger
+than RAM works, and `--validation_split_percentage` can hold out whole documents by splitting
+the small range table.
+
+NSP instances follow the original BERT data creation: segment A is 1..n-1 consecutive sentences
+of a chunk filling a target length (shorter with probability short_seq_prob); B is the true
+continuation half of the time, otherwise sentences from a different document (drawn from the
+other documents of the same map batch); the longer segment is truncated from a random end.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import random
+import re
+from dataclasses import dataclass
+from typing import Iterable, Iterator, Optional, Sequence
+
+import datasets
+from datasets.fingerprint import Hasher
+
+# Bump when instance creation changes so stale caches are not reused.
+PREPROCESSING_VERSION = 3
+DOCS_PER_MAP_BATCH = 256
+
+_SENTENCE_END = re.compile(r"(?<=[.!?])\s+(?=[\"'(\[]?[A-Z0-9])")
+_WIKITEXT_MARKERS = ((" @-@ ", "-"), (" @,@ ", ","), (" @.@ ", "."))
+
+
+class DataError(ValueError):
+    """Unusable input data; the message names the file/split and the fix."""
+
+
+def is_wikitext_title(line: str) -> bool:
+    """' = Robert Boulter = ' starts an article; ' = = Career = = ' is a section inside it."""
+    text = line.strip()
+    return (len(text) > 4 and text.startswith("= ") and text.endswith(" =")
+            and not text.startswith("= =") and not text.endswith("= ="))
+
+
+def is_wikitext_heading(line: str) -> bool:
+    text = line.strip()
+    return len(text) > 2 and text.startswith("=") and text.endswith("=")
+
+
+def detect_boundary(lines: Iterable[str], probe_lines: int = 5000) -> str:
+    for i, line in enumerate(lines):
+        if i >= probe_lines:
+            break
+        if is_wikitext_title(line):
+            return "wikitext"
+    return "blank_line"
+
+
+def split_sentences(paragraph: str, wikitext: bool) -> list[str]:
+    """Rule-based splitter (no model, no downloads): a sentence ends at . ! or ? followed by
+    whitespace and an upper-case letter, digit or opening quote/bracket. It errs towards longer
+    sentences on abbreviations ("Mr. Smith"), which only makes some segments longer."""
+    text = paragraph.strip()
+    if wikitext:
+        for marker, plain in _WIKITEXT_MARKERS:
+            text = text.replace(marker, plain)
+    return [s for s in _SENTENCE_END.split(text) if s.strip()]
+
+
+def document_ranges(lines: Iterable[str], boundary: str) -> list[tuple[int, int]]:
+    """[start, end) line ranges of documents; headings and blank lines may lie inside a range."""
+    ranges: list[tuple[int, int]] = []
+    start: Optional[int] = None
+    last_content = -1
+    for i, line in enumerate(lines):
+        if boundary == "wikitext":
+            if is_wikitext_title(line):
+                if start is not None and last_content >= start:
+                    ranges.append((start, last_content + 1))
+                start = i
+            elif line.strip() and not is_wikitext_heading(line):
+                if start is None:
+                    start = i
+                last_content = i
+        else:
+            if line.strip():
+                if start is None:
+                    start = i
+                last_content = i
+            elif start is not None:
+                ranges.append((start, last_content + 1))
+                start = None
+    if start is not None and last_content >= start:
+        ranges.append((start, last_content + 1))
+    return ranges
+
+
+def document_sentences(lines: Sequence[str], wikitext: bool) -> list[str]:
+    sentences: list[str] = []
+    for line in lines:
+        if not line.strip() or (wikitext and is_wikitext_heading(line)):
+            continue
+        sentences.extend(split_sentences(line, wikitext))
+    return sentences
+
+
+def iter_lines(line_dataset: datasets.Dataset, batch_size: int = 10_000) -> Iterator[str]:
+    for batch in line_dataset.iter(batch_size=batch_size):
+        yield from batch["text"]
+
+
+# ---------------------------------------------------------------------------------------------
+# Instance creation (pure Python on token id lists; unit-tested directly)
+# ---------------------------------------------------------------------------------------------
+
+def _truncate_pair(tokens_a: list[int], tokens_b: list[int], max_tokens: int, rng: random.Random) -> None:
+    while len(tokens_a) + len(tokens_b) > max_tokens:
+        longer = tokens_a if len(tokens_a) > len(tokens_b) else tokens_b
+        # Cutting from a random end avoids always losing sentence endings.
+        if rng.random() < 0.5:
+            del longer[0]
+        else:
+            longer.pop()
+
+
+def _target_length(max_tokens: int, short_seq_prob: float, rng: random.Random) -> int:
+    return rng.randint(2, max_tokens) if rng.random() < short_seq_prob else max_tokens
+
+
+def nsp_instances_from_document(doc_index: int, documents: Sequence[Sequence[list[int]]], max_seq_length: int,
+                                short_seq_prob: float, rng: random.Random) -> list[tuple[list[int], list[int], int]]:
+    """(tokens_a, tokens_b, is_random_next) pairs from documents[doc_index]; others give random B."""
+    document = documents[doc_index]
+    max_tokens = max_seq_length - 3  # [CLS] A [SEP] B [SEP]
+    target = _target_length(max_tokens, short_seq_prob, rng)
+    instances = []
+    chunk: list[list[int]] = []
+    chunk_length = 0
+    i = 0
+    while i < len(document):
+        chunk.append(document[i])
+        chunk_length += len(document[i])
+        if i == len(document) - 1 or chunk_length >= target:
+            want_random = rng.random() < 0.5
+            if len(chunk) == 1 and not want_random and i + 1 < len(document):
+                # A single long sentence: take the next one as B so "true next" stays at ~50%.
+                i += 1
+                chunk.append(document[i])
+            a_end = 1 if len(chunk) < 2 else rng.randint(1, len(chunk) - 1)
+            tokens_a = [t for segment in chunk[:a_end] for t in segment]
+            if len(chunk) == 1 or want_random:
+                is_random_next = 1
+                target_b = max(1, target - len(tokens_a))
+                other = rng.randrange(len(documents) - 1)
+                other = other + 1 if other >= doc_index else other
+                random_document = documents[other]
+                start = rng.randrange(len(random_document))
+                tokens_b = []
+                for segment in random_document[start:]:
+                    tokens_b.extend(segment)
+                    if len(tokens_b) >= target_b:
+                        break
+                # Sentences not used for A go back to the stream so no text is wasted.
+                i -= len(chunk) - a_end
+            else:
+                is_random_next = 0
+                tokens_b = [t for segment in chunk[a_end:] for t in segment]
+            _truncate_pair(tokens_a, tokens_b, max_tokens, rng)
+            if tokens_a and tokens_b:
+                instances.append((tokens_a, tokens_b, is_random_next))
+            chunk, chunk_length = [], 0
+            target = _target_length(max_tokens, short_seq_prob, rng)
+        i += 1
+    return instances
+
+
+def mlm_instances_from_document(document: Sequence[list[int]], max_seq_length: int, short_seq_prob: float,
+                                rng: random.Random) -> list[list[int]]:
+    """Contiguous sentence runs filling max_seq_length - 2 tokens (MLM-only pretraining)."""
+    max_tokens = max_seq_length - 2
+    flat = [t for segment in document for t in segment]
+    chunks = []
+    pos = 0
+    while pos < len(flat):
+        length = _target_length(max_tokens, short_seq_prob, rng)
+        chunks.append(flat[pos: pos + length])
+        pos += length
+    return chunks
+
+
+# ---------------------------------------------------------------------------------------------
+# datasets pipeline
+# ---------------------------------------------------------------------------------------------
+
+@dataclass(frozen=True)
+class InstanceSettings:
+    max_seq_length: int
+    short_seq_prob: float
+    nsp: bool
+    seed: int
+    wikitext: bool
+
+
+INSTANCE_FEATURES_NSP = datasets.Features({
+    "input_ids": datasets.Sequence(datasets.Value("int32")),
+    "token_type_ids": datasets.Sequence(datasets.Value("int8")),
+    "next_sentence_label": datasets.Value("int8"),
+})
+INSTANCE_FEATURES_MLM = datasets.Features({
+    "input_ids": datasets.Sequence(datasets.Value("int32")),
+    "token_type_ids": datasets.Sequence(datasets.Value("int8")),
+})
+
+
+class _InstanceBuilder:
+    """The batched map function: document ranges -> instances. Picklable for num_proc > 1."""
+
+    def __init__(self, lines: datasets.Dataset, ranges: datasets.Dataset, tokenizer, settings: InstanceSettings,
+                 split: str):
+        self.lines = lines
+        self.ranges = ranges
+        self.tokenizer = tokenizer
+        self.settings = settings
+        self.split = split
+
+    def _tokenized_documents(self, starts, ends) -> list[list[list[int]]]:
+        block = self.lines[min(starts): max(ends)]["text"]
+        offset = min(starts)
+        per_doc = [document_sentences(block[s - offset: e - offset], self.settings.wikitext)
+                   for s, e in zip(starts, ends)]
+        flat = [s for doc in per_doc for s in doc]
+        ids = self.tokenizer(flat, add_special_tokens=False, return_attention_mask=False,
+                             return_token_type_ids=False)["input_ids"] if flat else []
+        documents, k = [], 0
+        for doc in per_doc:
+            documents.append([x for x in ids[k: k + len(doc)] if x])
+            k += len(doc)
+        return documents
+
+    def __call__(self, batch, indices):
+        s = self.settings
+        rng = random.Random(f"{s.seed}-{self.split}-{indices[0]}")
+        own = [d for d in self._tokenized_documents(batch["start"], batch["end"]) if d]
+        pool = list(own)  # documents random B segments may come from; own ones first
+        if s.nsp and len(own) == 1:
+            # A lone document in this batch still needs a different document for random B segments.
+            neighbour = indices[0] - 1 if indices[0] > 0 else indices[-1] + 1
+            if neighbour < len(self.ranges):
+                row = self.ranges[neighbour]
+                pool += [d for d in self._tokenized_documents([row["start"]], [row["end"]]) if d]
+        cls_id, sep_id = self.tokenizer.cls_token_id, self.tokenizer.sep_token_id
+        out = {"input_ids": [], "token_type_ids": []}
+        if s.nsp:
+            out["next_sentence_label"] = []
+            if own and len(pool) < 2:
+                raise DataError(f"split '{self.split}': next sentence prediction needs at least two documents; "
+                                "give more text or pass --no_nsp")
+            for doc_index in range(len(own)):
+                for a, b, label in nsp_instances_from_document(doc_index, pool, s.max_seq_length,
+                                                               s.short_seq_prob, rng):
+                    out["input_ids"].append([cls_id, *a, sep_id, *b, sep_id])
+                    out["token_type_ids"].append([0] * (len(a) + 2) + [1] * (len(b) + 1))
+                    out["next_sentence_label"].append(label)
+        else:
+            for document in own:
+                for chunk in mlm_instances_from_document(document, s.max_seq_length, s.short_seq_prob, rng):
+                    out["input_ids"].append([cls_id, *chunk, sep_id])
+                    out["token_type_ids"].append([0] * (len(chunk) + 2))
+        return out
+
+
+def tokenizer_fingerprint(tokenizer) -> str:
+    vocab = sorted(tokenizer.get_vocab().items())
+    digest = hashlib.sha256(repr((type(tokenizer).__name__, vocab, tokenizer.init_kwargs.get("do_lower_case"),
+                                  tokenizer.init_kwargs.get("strip_accents"))).encode())
+    return digest.hexdigest()[:16]
+
+
+def build_instances(lines: datasets.Dataset, ranges: datasets.Dataset, tokenizer, settings: InstanceSettings,
+                    split: str, num_proc: Optional[int] = None, overwrite_cache: bool = False) -> datasets.Dataset:
+    """Map document ranges of `lines` to pretraining instances (cached by content fingerprint)."""
+    if len(ranges) == 0:
+        raise DataError(f"split '{split}' has no documents with text (empty or whitespace-only input)")
+    builder = _InstanceBuilder(lines, ranges, tokenizer, settings, split)
+    fingerprint = Hasher.hash((PREPROCESSING_VERSION, lines._fingerprint, ranges._fingerprint,
+                               tokenizer_fingerprint(tokenizer), settings, split))
+    features = INSTANCE_FEATURES_NSP if settings.nsp else INSTANCE_FEATURES_MLM
+    return ranges.map(builder, batched=True, batch_size=DOCS_PER_MAP_BATCH, with_indices=True,
+                      remove_columns=ranges.column_names, features=features, num_proc=num_proc,
+                      new_fingerprint=fingerprint, load_from_cache_file=not overwrite_cache,
+                      desc=f"Building {split} instances")
+
+
+def ranges_dataset(lines: datasets.Dataset, boundary: str) -> tuple[datasets.Dataset, str]:
+    """Document ranges of a line dataset as a small Dataset (start, end), and the boundary used."""
+    if boundary == "auto":
+        boundary = detect_boundary(iter_lines(lines))
+    ranges = document_ranges(iter_lines(lines), boundary)
+    table = datasets.Dataset.from_dict({"start": [r[0] for r in ranges], "end": [r[1] for r in ranges]},
+                                       features=datasets.Features({"start": datasets.Value("int64"),
+                                                                   "end": datasets.Value("int64")}))
+    # A stable fingerprint makes the instance cache hit across runs.
+    table._fingerprint = Hasher.hash((lines._fingerprint, boundary, "ranges"))
+    return table, boundary
+
+
+def load_line_splits(data_args) -> datasets.DatasetDict:
+    """One row per line, column 'text': local files or the hub dataset (its own splits)."""
+    if data_args.uses_local_files():
+        files = {"train": data_args.train_file, "validation": data_args.validation_file,
+                 "test": data_args.test_file}
+        files = {split: path for split, path in files.items() if path}
+        for split, path in files.items():
+            _check_text_file(path, split)
+        return datasets.load_dataset("text", data_files=files)
+    raw = datasets.load_dataset(data_args.dataset_name, data_args.dataset_config_name)
+    if "text" not in raw["train"].column_names:
+        raise DataError(f"dataset {data_args.dataset_name} has no 'text' column (columns: "
+                        f"{raw['train'].column_names}); pretraining reads raw text lines")
+    return raw
+
+
+def _check_text_file(path: str, split: str) -> None:
+    from pathlib import Path
+    p = Path(path)
+    if not p.is_file():
+        raise DataError(f"--{split}_file {path}: no such file")
+    with open(p, "rb") as f:
+        head = f.read(1 << 16)
+    if b"\x00" in head:
+        raise DataError(f"--{split}_file {path}: looks binary (NUL bytes); pretraining expects UTF-8 text")
+    try:
+        head.decode("utf-8")
+    except UnicodeDecodeError as err:
+        if err.start < len(head) - 4:  # a multi-byte char cut by the probe is fine
+            raise DataError(f"--{split}_file {path}: not UTF-8 text (byte {err.start}); convert it with iconv") from None
+    if not head.strip():
+        raise DataError(f"--{split}_file {path}: the file is empty; give a text file with documents")
+
+
+def iter_document_text(lines: datasets.Dataset, ranges: datasets.Dataset, wikitext: bool) -> Iterator[str]:
+    """Sentences of every document, for training a tokenizer on exactly the training split."""
+    for batch in ranges.iter(batch_size=DOCS_PER_MAP_BATCH):
+        lo, hi = min(batch["start"]), max(batch["end"])
+        block = lines[lo:hi]["text"]
+        for s, e in zip(batch["start"], batch["end"]):
+            yield from document_sentences(block[s - lo: e - lo], wikitext)
+
+
+@dataclass
+class Corpus:
+    """Line datasets and document ranges per split ('train', 'validation', maybe 'test')."""
+
+    lines: dict[str, datasets.Dataset]
+    ranges: dict[str, datasets.Dataset]
+    boundary: str
+
+    @property
+    def wikitext(self) -> bool:
+        return self.boundary == "wikitext"
+
+
+def load_corpus(data_args, seed: int) -> Corpus:
+    raw = load_line_splits(data_args)
+    if "train" not in raw:
+        raise DataError("no training split: give --train_file or a hub dataset with a 'train' split")
+    train_ranges, boundary = ranges_dataset(raw["train"], data_args.document_boundary)
+    lines = {"train": raw["train"]}
+    ranges = {"train": train_ranges}
+    for split in ("validation", "test"):
+        if split in raw:
+            lines[split] = raw[split]
+            ranges[split], _ = ranges_dataset(raw[split], boundary)
+    where = data_args.train_file or f"{data_args.dataset_name}/{data_args.dataset_config_name}"
+    if len(train_ranges) == 0:
+        raise DataError(f"{where}: the training text contains no documents (only blank lines or headings)")
+    if "validation" not in ranges and data_args.validation_split_percentage > 0:
+        n_docs = len(train_ranges)
+        n_val = max(1, round(n_docs * data_args.validation_split_percentage / 100))
+        if n_docs - n_val < 2:
+            raise DataError(f"{where}: {n_docs} document(s) are too few to hold out {n_val} for validation; give "
+                            "--validation_file, more text, or --validation_split_percentage 0")
+        held_out = train_ranges.train_test_split(test_size=n_val, seed=seed, shuffle=True)
+        ranges["train"], ranges["validation"] = held_out["train"], held_out["test"]
+        lines["validation"] = raw["train"]
+    return Corpus(lines=lines, ranges=ranges, boundary=boundary)
+
+
+def build_pretraining_datasets(corpus: Corpus, tokenizer, data_args, seed: int) -> dict[str, datasets.Dataset]:
+    """Instances per split. Training pairs use the run's seed; validation/test pairs use the fixed
+    eval seed, so runs with different seeds are evaluated on the same instances and masks."""
+    out = {}
+    for split, ranges in corpus.ranges.items():
+        settings = InstanceSettings(max_seq_length=data_args.max_seq_length, short_seq_prob=data_args.short_seq_prob,
+                                    nsp=data_args.nsp, seed=seed if split == "train" else data_args.eval_mask_seed,
+                                    wikitext=corpus.wikitext)
+        instances = build_instances(corpus.lines[split], ranges, tokenizer, settings, split,
+                                    num_proc=data_args.preprocessing_num_workers,
+                                    overwrite_cache=data_args.overwrite_cache)
+        limit = data_args.max_train_samples if split == "train" else data_args.max_eval_samples
+        if limit is not None:
+            instances = instances.select(range(min(limit, len(instances))))
+        if len(instances) == 0:
+            raise DataError(f"split '{split}' produced no instances (documents too short?)")
+        out[split] = instances
+    return out
