@@ -27,7 +27,8 @@ from train.common.args import (OptimizationArguments, PretrainingDataArguments, 
                                RunArguments, flat_config, parse_config)
 from train.common.batching import accumulation_windows, build_dataloader, step_seed
 from train.common.checkpointing import TrainState, save_checkpoint
-from train.common.distributed import agree_on_flags, build_accelerator, distributed_summary, is_deepspeed
+from train.common.distributed import (agree_on_flags, build_accelerator, check_replicas_in_sync, distributed_summary,
+                                     is_deepspeed)
 from train.common.errors import run_main
 from train.common.masking import IndexedDataset, PretrainingCollator
 from train.common.optim import build_optimizer, build_scheduler
@@ -171,6 +172,9 @@ def main(argv=None) -> int:
         return record
 
     def checkpoint() -> None:
+        # The not-yet-logged interval travels with the checkpoint (reduced over ranks), so a resumed
+        # run logs the same numbers as one that was never interrupted.
+        train_state.extra["pending_stats"] = accelerator.reduce(stats.clone(), reduction="sum").tolist()
         save_checkpoint(accelerator, output_dir / "checkpoints", train_state,
                         {"config": config, "model_signature": model_signature, "distributed": distributed},
                         run_args.keep_last_n)
@@ -183,16 +187,19 @@ def main(argv=None) -> int:
 
     # ---- the loop ----------------------------------------------------------------------------
     stats = torch.zeros(len(STATS), device=accelerator.device, dtype=torch.float64)
+    if resume_step is not None and accelerator.is_main_process and "pending_stats" in train_state.extra:
+        stats += torch.tensor(train_state.extra["pending_stats"], device=stats.device, dtype=stats.dtype)
     timer = IntervalTimer()
     stop, grad_norm = None, None
     last_eval_step = last_checkpoint_step = resume_step
     model.train()
-    for epoch in range(train_state.epoch, num_epochs):
-        if epoch != train_state.epoch:
-            train_state.epoch, train_state.batches_in_epoch, skip_batches = epoch, 0, 0
+    start_epoch = train_state.epoch
+    for epoch in range(start_epoch, num_epochs):
+        skip = skip_batches if epoch == start_epoch else 0  # only the resumed epoch is part-done
+        train_state.epoch = epoch
         train_dataloader.set_epoch(epoch)
         train_collator.set_epoch(epoch)
-        batches = accelerator.skip_first_batches(train_dataloader, skip_batches) if skip_batches else train_dataloader
+        batches = accelerator.skip_first_batches(train_dataloader, skip) if skip else train_dataloader
         for window in accumulation_windows(batches, gas):
             if train_state.step >= total_steps:
                 break
@@ -243,6 +250,9 @@ def main(argv=None) -> int:
                               epoch=epoch + train_state.batches_in_epoch / (steps_per_epoch * gas),
                               grad_norm=float(grad_norm) if grad_norm is not None else None)
                 metrics.log(record, prefix="train")
+                logger.info(f"step {train_state.step}/{total_steps} loss {record['loss']:.4f} "
+                            f"(mlm {record['mlm_loss']:.4f}) lr {record['lr']:.2e} "
+                            f"{record['tokens_per_second']:.0f} tokens/s", main_process_only=True)
             timer.pause()
             if run_args.eval_steps and train_state.step % run_args.eval_steps == 0 and "validation" in eval_dataloaders:
                 run_evaluation("validation")
@@ -289,6 +299,7 @@ def main(argv=None) -> int:
         eval_results["test"] = run_evaluation("test")
     if accelerator.is_main_process:
         write_json_atomic(output_dir / "eval_results.json", eval_results)
+    check_replicas_in_sync(accelerator, model, output_dir)
     unwrapped = accelerator.unwrap_model(model)
     export_final_model(accelerator, model, unwrapped.model, tokenizer, output_dir / "final",
                        model_card(config, eval_results, train_state, distributed))

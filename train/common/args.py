@@ -154,11 +154,12 @@ def parse_config(dataclass_types: Sequence[type], argv: Optional[Sequence[str]] 
                  description: str = "") -> tuple:
     """Parse ``--config FILE`` + command line into instances of ``dataclass_types``."""
     argv = list(sys.argv[1:] if argv is None else argv)
-    pre = argparse.ArgumentParser(add_help=False)
+    pre = argparse.ArgumentParser(add_help=False, allow_abbrev=False)
     pre.add_argument("--config", default=None)
     pre_args, rest = pre.parse_known_args(argv)
 
-    parser = HfArgumentParser(dataclass_types, description=description)
+    # No prefix abbreviations: "--learning_rat" must be an error, not a silent match.
+    parser = HfArgumentParser(dataclass_types, description=description, allow_abbrev=False)
     parser.add_argument("--config", default=None, help="YAML preset (train/configs/*.yaml); the command line overrides it.")
     if pre_args.config:
         known = {f.name for dc in dataclass_types for f in dataclasses.fields(dc)}
@@ -248,3 +249,15 @@ class PretrainingDataArguments:
 
     def uses_local_files(self) -> bool:
         return self.train_file is not None
+
+
+def known_dataclasses_for_preset(preset_path) -> tuple[type, ...]:
+    """The dataclasses a preset is meant for, from its file name (used to validate presets)."""
+    name = Path(preset_path).stem
+    if name.startswith(("sst", "classification")):
+        from .finetune_args import ClassificationDataArguments, FinetuneModelArguments
+        return (FinetuneModelArguments, ClassificationDataArguments, OptimizationArguments, RunArguments)
+    if name.startswith(("squad", "qa")):
+        from .finetune_args import FinetuneModelArguments, QADataArguments
+        return (FinetuneModelArguments, QADataArguments, OptimizationArguments, RunArguments)
+    return (PretrainingModelArguments, PretrainingDataArguments, OptimizationArguments, RunArguments)

@@ -107,3 +107,28 @@ def agree_on_flags(accelerator: Accelerator, local_nonfinite: torch.Tensor, grad
     flags = torch.stack([nonfinite, torch.tensor(preemption.local_flag, device=nonfinite.device)])
     flags = accelerator.reduce(flags, reduction="sum").tolist()
     return flags[0] > 0, flags[1] > 0
+
+
+def parameter_fingerprint(model: torch.nn.Module) -> str:
+    import hashlib
+    digest = hashlib.sha256()
+    for name, param in sorted(model.named_parameters()):
+        digest.update(name.encode())
+        digest.update(param.detach().float().cpu().numpy().tobytes())
+    return digest.hexdigest()
+
+
+def check_replicas_in_sync(accelerator: Accelerator, model: torch.nn.Module, output_dir: Path) -> None:
+    """Data-parallel replicas must end bit-identical; a silent divergence (ranks that trained on
+    their own) is caught here and recorded in OUTPUT_DIR/replica_check.json. ZeRO shards
+    parameters across ranks, so there is nothing to compare there."""
+    if accelerator.num_processes == 1 or is_deepspeed(accelerator):
+        return
+    from accelerate.utils import gather_object
+    fingerprints = gather_object([parameter_fingerprint(accelerator.unwrap_model(model))])
+    in_sync = len(set(fingerprints)) == 1
+    if accelerator.is_main_process:
+        from .run_folder import write_json_atomic
+        write_json_atomic(output_dir / "replica_check.json", {"fingerprints": fingerprints, "in_sync": in_sync})
+    if not in_sync:
+        raise LaunchError(f"data-parallel replicas diverged: parameter fingerprints {fingerprints}")

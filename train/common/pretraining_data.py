@@ -28,7 +28,7 @@ from datasets.fingerprint import Hasher
 PREPROCESSING_VERSION = 3
 DOCS_PER_MAP_BATCH = 256
 
-_SENTENCE_END = re.compile(r"(?<=[.!?])\s+(?=[\"'(\[]?[A-Z0-9])")
+_SENTENCE_END = re.compile(r"(?<=[.!?])\s+(?=[\"'(\[]?\s?[A-Z0-9])")
 _WIKITEXT_MARKERS = ((" @-@ ", "-"), (" @,@ ", ","), (" @.@ ", "."))
 
 
@@ -282,6 +282,10 @@ def build_instances(lines: datasets.Dataset, ranges: datasets.Dataset, tokenizer
     """Map document ranges of `lines` to pretraining instances (cached by content fingerprint)."""
     if len(ranges) == 0:
         raise DataError(f"split '{split}' has no documents with text (empty or whitespace-only input)")
+    if settings.nsp and len(ranges) < 2:
+        raise DataError(f"split '{split}' has {len(ranges)} document; next sentence prediction draws random "
+                        "segments from a different document, so it needs at least two (give more text, raise "
+                        "--validation_split_percentage, or pass --no_nsp)")
     builder = _InstanceBuilder(lines, ranges, tokenizer, settings, split)
     fingerprint = Hasher.hash((PREPROCESSING_VERSION, lines._fingerprint, ranges._fingerprint,
                                tokenizer_fingerprint(tokenizer), settings, split))
@@ -336,7 +340,8 @@ def _check_text_file(path: str, split: str) -> None:
         if err.start < len(head) - 4:  # a multi-byte char cut by the probe is fine
             raise DataError(f"--{split}_file {path}: not UTF-8 text (byte {err.start}); convert it with iconv") from None
     if not head.strip():
-        raise DataError(f"--{split}_file {path}: the file is empty; give a text file with documents")
+        raise DataError(f"--{split}_file {path}: contains no text (empty or only whitespace); give a text "
+                        "file with documents")
 
 
 def iter_document_text(lines: datasets.Dataset, ranges: datasets.Dataset, wikitext: bool) -> Iterator[str]:

@@ -29,7 +29,7 @@ OPERATIONAL_KEYS = frozenset({
     "per_device_eval_batch_size", "torch_compile", "early_stopping_patience",
 })
 RUN_FILES = ("config.yaml", "metrics.jsonl", "eval_results.json", "tensorboard", "checkpoints", "final",
-             "tokenizer", "PREEMPTED", "predictions.json", "predictions.jsonl", "nbest.json", "null_odds.json")
+             "tokenizer", "PREEMPTED", "replica_check.json", "predictions.json", "predictions.jsonl", "nbest.json", "null_odds.json")
 _TOKEN_PATTERN = re.compile(r"hf_[A-Za-z0-9]{8,}")
 
 

@@ -30,14 +30,26 @@ import math
 import os
 import re
 from collections import defaultdict
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any, Sequence
 
 import numpy as np
 
 
+# Help text for the scripts' --doc_stride / --max_query_length flags, so that the meaning is written once.
+DOC_STRIDE_HELP = ("Context tokens that two consecutive windows of a long context share (the Hugging Face "
+                   "tokenizer's `stride`: an OVERLAP, not the step between window starts of the original BERT "
+                   "run_squad.py). Must be smaller than max_seq_length - max_query_length - 3.")
+MAX_QUERY_LENGTH_HELP = "Questions longer than this many tokens are cut to their first max_query_length tokens."
+
+
 class SquadFormatError(ValueError):
     """The SQuAD file/dataset does not have the official layout; the message names the file and the JSON path."""
+
+
+class SquadMissingFileError(SquadFormatError, FileNotFoundError):
+    """The SQuAD file is absent (catchable as SquadFormatError or FileNotFoundError)."""
 
 
 @dataclass
@@ -189,7 +201,7 @@ def load_squad_json(path: str, window: int = 50) -> tuple[list[dict], SquadLoadR
     A missing article title becomes "article_<i>" (titles group examples into articles for `split_articles`).
     v1.1 questions have no is_impossible: False. v2.0 `plausible_answers` are not used."""
     if not os.path.isfile(path):
-        raise FileNotFoundError(f"SQuAD file not found: {path}")
+        raise SquadMissingFileError(f"SQuAD file not found: {path}")
     with open(path, encoding="utf-8") as f:
         try:
             root = json.load(f)
@@ -303,11 +315,19 @@ def split_articles(examples: Sequence[dict], train_articles: int = 40) -> tuple[
 
 
 def _column(batch, name: str) -> list:
-    if isinstance(batch, dict):
+    if isinstance(batch, Mapping):  # a dict of columns or datasets' LazyBatch
         return list(batch[name])
     if isinstance(batch, (list, tuple)):
         return [row[name] for row in batch]
     return list(batch[name])  # datasets.Dataset
+
+
+def _has(batch, name: str) -> bool:
+    if isinstance(batch, Mapping):
+        return name in batch
+    if isinstance(batch, (list, tuple)):
+        return bool(batch) and name in batch[0]
+    return name in batch.column_names
 
 
 def truncate_questions(questions: Sequence[str], tokenizer, max_query_length: int) -> list[str]:
@@ -381,14 +401,6 @@ def _encode(examples, tokenizer, max_seq_length: int, doc_stride: int, max_query
     return out
 
 
-def _has(batch, name: str) -> bool:
-    if isinstance(batch, dict):
-        return name in batch
-    if isinstance(batch, (list, tuple)):
-        return bool(batch) and name in batch[0]
-    return name in batch.column_names
-
-
 def prepare_train_features(examples, tokenizer, max_seq_length: int = 384, doc_stride: int = 128,
                            max_query_length: int = 64, pad_to_max_length: bool = False) -> dict:
     """Batched `datasets.map` function (use `remove_columns=dataset.column_names`: one example -> >= 1 windows).
@@ -410,10 +422,6 @@ def prepare_eval_features(examples, tokenizer, max_seq_length: int = 384, doc_st
 
 # ----------------------------------------------------------------------------------------------------------------
 # post-processing
-
-
-def _valid_offset(o) -> bool:
-    return o is not None and len(o) == 2 and o[0] is not None and o[0] >= 0 and o[1] >= 0
 
 
 def _softmax(scores: Sequence[float]) -> list[float]:
@@ -477,19 +485,25 @@ def postprocess_qa_predictions(examples, features, start_logits, end_logits, n_b
             cls_score = float(s_log[0] + e_log[0])
             if null is None or cls_score < null[0]:
                 null = (cls_score, float(s_log[0]), float(e_log[0]))
-            valid = np.array([j for j in range(n) if _valid_offset(offsets[j])], dtype=np.int64)
+            is_context = (o is not None and o[0] is not None and o[0] >= 0 for o in offsets[:n])
+            valid = np.flatnonzero(np.fromiter(is_context, dtype=bool, count=n))
             if valid.size == 0:
                 continue
             top_s = valid[np.argsort(-s_log[valid], kind="stable")[:n_best_size]]
             top_e = valid[np.argsort(-e_log[valid], kind="stable")[:n_best_size]]
-            for s in top_s:
-                for e in top_e:
-                    if e < s or e - s + 1 > max_answer_length:
-                        continue
-                    key = (int(offsets[s][0]), int(offsets[e][1]))
-                    cand = (float(s_log[s]), float(e_log[e]))
-                    if key not in spans or sum(cand) > sum(spans[key]):
-                        spans[key] = cand
+            length = top_e[None, :] - top_s[:, None] + 1
+            scores = np.where((length >= 1) & (length <= max_answer_length),
+                              s_log[top_s][:, None] + e_log[top_e][None, :], -np.inf)
+            # This window's n_best best pairs contain every pair of it that can make the overall n-best list.
+            for flat in np.argsort(-scores, axis=None, kind="stable")[:n_best_size]:
+                i, j = divmod(int(flat), len(top_e))
+                if scores[i, j] == -np.inf:
+                    break
+                s_tok, e_tok = top_s[i], top_e[j]
+                key = (int(offsets[s_tok][0]), int(offsets[e_tok][1]))
+                cand = (float(s_log[s_tok]), float(e_log[e_tok]))
+                if key not in spans or sum(cand) > sum(spans[key]):
+                    spans[key] = cand
         ranked = sorted(spans.items(), key=lambda kv: -(kv[1][0] + kv[1][1]))[:n_best_size]
         entries = [{"text": context[a:b], "start_logit": sl, "end_logit": el, "offsets": [a, b]}
                    for (a, b), (sl, el) in ranked]

