@@ -1,0 +1,142 @@
+"""analysis.classification: hand-checked metrics, label handling, majority baseline, CLI."""
+
+from __future__ import annotations
+
+import json
+import random
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from analysis import classification as cm
+from analysis.classification import classification_metrics, majority_baseline
+
+FIXTURES = Path(__file__).parent / "fixtures" / "metrics"
+
+# y_true [0,0,1,1,2] vs y_pred [0,1,1,1,0]:
+#   class 0: tp 1, predicted 2, support 2 -> P 1/2, R 1/2, F1 1/2
+#   class 1: tp 2, predicted 3, support 2 -> P 2/3, R 1,   F1 4/5
+#   class 2: tp 0, predicted 0, support 1 -> P 0 (0/0 -> 0), R 0, F1 0
+Y_TRUE = [0, 0, 1, 1, 2]
+Y_PRED = [0, 1, 1, 1, 0]
+
+
+def test_hand_checked_example():
+    m = classification_metrics(Y_TRUE, Y_PRED)
+    assert m["accuracy"] == pytest.approx(3 / 5)
+    assert m["confusion_matrix"] == [[1, 1, 0], [0, 2, 0], [1, 0, 0]]
+    assert m["labels"] == [0, 1, 2] and m["label_names"] == ["0", "1", "2"]
+    expected_1 = {"precision": pytest.approx(2 / 3), "recall": 1.0, "f1": pytest.approx(0.8), "support": 2}
+    assert m["per_class"]["1"] == expected_1
+    assert m["per_class"]["2"] == {"precision": 0.0, "recall": 0.0, "f1": 0.0, "support": 1}
+    assert m["macro_precision"] == pytest.approx((1 / 2 + 2 / 3 + 0) / 3)
+    assert m["macro_recall"] == pytest.approx((1 / 2 + 1 + 0) / 3)
+    assert m["macro_f1"] == pytest.approx((1 / 2 + 4 / 5 + 0) / 3)
+    assert m["weighted_precision"] == pytest.approx((2 * 1 / 2 + 2 * 2 / 3 + 0) / 5)
+    assert m["weighted_recall"] == pytest.approx(m["accuracy"])  # always true for weighted recall
+    assert m["weighted_f1"] == pytest.approx((2 * 1 / 2 + 2 * 4 / 5) / 5)
+    assert m["num_examples"] == 5
+    json.dumps(m)  # plain Python types only
+
+
+def test_num_classes_counts_absent_classes_and_names_key_per_class():
+    names = ["very negative", "negative", "neutral", "positive", "very positive"]
+    m = classification_metrics(Y_TRUE, Y_PRED, num_classes=5, label_names=names)
+    assert m["labels"] == [0, 1, 2, 3, 4]
+    assert list(m["per_class"]) == names
+    assert m["per_class"]["positive"] == {"precision": 0.0, "recall": 0.0, "f1": 0.0, "support": 0}
+    assert m["macro_f1"] == pytest.approx((1 / 2 + 4 / 5) / 5)
+    assert len(m["confusion_matrix"]) == 5 and all(len(row) == 5 for row in m["confusion_matrix"])
+    assert classification_metrics(Y_TRUE, Y_PRED, label_names=names)["labels"] == [0, 1, 2, 3, 4]
+
+
+def test_string_labels_and_numpy_inputs():
+    m = classification_metrics(["pos", "neg", "pos"], ["pos", "pos", "pos"])
+    assert m["labels"] == ["neg", "pos"] and m["confusion_matrix"] == [[0, 1], [0, 2]]
+    ordered = classification_metrics(["pos", "neg"], ["pos", "neg"], label_names=["pos", "neg", "neutral"])
+    assert ordered["labels"] == ["pos", "neg", "neutral"] and ordered["accuracy"] == 1.0
+    arr = classification_metrics(np.array(Y_TRUE), np.array(Y_PRED, dtype=np.int32))
+    assert arr["accuracy"] == pytest.approx(0.6) and isinstance(arr["labels"][0], int)
+
+
+@pytest.mark.parametrize(
+    "kwargs, error, match",
+    [
+        ({"y_true": [0, 1], "y_pred": [0]}, ValueError, "2 labels but y_pred has 1"),
+        ({"y_true": [], "y_pred": []}, ValueError, "at least one"),
+        ({"y_true": [0, 5], "y_pred": [0, 1], "num_classes": 3}, ValueError, "outside the label set"),
+        ({"y_true": [0, 1], "y_pred": [0, 1], "num_classes": 3, "label_names": ["a", "b"]},
+         ValueError, "num_classes=3 but 2"),
+        ({"y_true": [0, "a"], "y_pred": [0, 0]}, TypeError, "mix"),
+        ({"y_true": [0.5], "y_pred": [0]}, TypeError, "must be int or str"),
+        ({"y_true": [True], "y_pred": [0]}, TypeError, "bool"),
+        ({"y_true": [0], "y_pred": [0], "label_names": ["a", "a"]}, ValueError, "duplicates"),
+    ],
+)
+def test_input_errors(kwargs, error, match):
+    with pytest.raises(error, match=match):
+        classification_metrics(**kwargs)
+
+
+def test_majority_baseline():
+    assert majority_baseline([0, 1, 1, 2], [1, 1, 0, 2]) == 0.5
+    # Tie between 2 and 0 -> the smaller label, whatever the order.
+    assert majority_baseline([2, 2, 0, 0], [0, 0, 2]) == pytest.approx(2 / 3)
+    assert majority_baseline([0, 0, 2, 2], [0, 0, 2]) == pytest.approx(2 / 3)
+    with pytest.raises(ValueError):
+        majority_baseline([], [0])
+
+
+def test_matches_sklearn_on_random_data():
+    metrics = pytest.importorskip("sklearn.metrics", reason="scikit-learn not installed (optional cross-check)")
+    rng = random.Random(0)
+    for trial in range(20):
+        k = rng.randint(2, 6)
+        n = rng.randint(1, 60)
+        y_true = [rng.randrange(k) for _ in range(n)]
+        y_pred = [rng.randrange(k) for _ in range(n)]
+        ours = classification_metrics(y_true, y_pred, num_classes=k)
+        labels = list(range(k))
+        assert ours["accuracy"] == pytest.approx(metrics.accuracy_score(y_true, y_pred))
+        assert ours["confusion_matrix"] == metrics.confusion_matrix(y_true, y_pred, labels=labels).tolist()
+        for avg in ("macro", "weighted"):
+            p, r, f, _ = metrics.precision_recall_fscore_support(y_true, y_pred, labels=labels, average=avg,
+                                                                 zero_division=0)
+            assert (ours[f"{avg}_precision"], ours[f"{avg}_recall"], ours[f"{avg}_f1"]) == \
+                (pytest.approx(p), pytest.approx(r), pytest.approx(f)), (trial, avg)
+        p, r, f, s = metrics.precision_recall_fscore_support(y_true, y_pred, labels=labels, zero_division=0)
+        for i in labels:
+            row = ours["per_class"][str(i)]
+            assert (row["precision"], row["recall"], row["f1"], row["support"]) == \
+                (pytest.approx(p[i]), pytest.approx(r[i]), pytest.approx(f[i]), s[i])
+
+
+def test_cli_prints_metrics(tmp_path, capsys):
+    out = tmp_path / "metrics.json"
+    rc = cm.main(["--predictions", str(FIXTURES / "classification_predictions.jsonl"),
+                  "--label-names", "negative", "neutral", "positive", "--out", str(out)])
+    printed = json.loads(capsys.readouterr().out)
+    assert rc == 0
+    # The fixture holds Y_TRUE / Y_PRED above (plus a blank line, which is skipped).
+    expected = classification_metrics(Y_TRUE, Y_PRED, label_names=["negative", "neutral", "positive"])
+    assert printed == json.loads(json.dumps(expected))
+    assert json.loads(out.read_text()) == printed
+
+
+def test_cli_names_file_and_line_of_bad_records(tmp_path, capsys):
+    assert cm.main(["--predictions", str(FIXTURES / "classification_bad.jsonl")]) == 2
+    assert "classification_bad.jsonl:3: invalid JSON" in capsys.readouterr().err
+    missing = tmp_path / "missing_field.jsonl"
+    missing.write_text('{"label": 1, "prediction": 1}\n{"label": 0}\n')
+    assert cm.main(["--predictions", str(missing)]) == 2
+    assert "missing_field.jsonl:2: missing field 'prediction'" in capsys.readouterr().err
+    wrong_type = tmp_path / "float.jsonl"
+    wrong_type.write_text('{"label": 1.5, "prediction": 1}\n')
+    assert cm.main(["--predictions", str(wrong_type)]) == 2
+    assert "float.jsonl:1: field 'label' = 1.5" in capsys.readouterr().err
+    assert cm.main(["--predictions", str(tmp_path / "absent.jsonl")]) == 2
+    assert "absent.jsonl: cannot open" in capsys.readouterr().err
+    with pytest.raises(SystemExit) as exc:
+        cm.main(["--help"])
+    assert exc.value.code == 0 and "--label-names" in capsys.readouterr().out
