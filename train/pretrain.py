@@ -80,8 +80,8 @@ def main(argv=None) -> int:
     check_output_dir(output_dir, config, run_args.resume_from_checkpoint, run_args.overwrite_output_dir)
 
     # ---- accelerator -------------------------------------------------------------------------
+    preemption = PreemptionFlag()  # before anything slow: a signal during start-up is kept, not fatal
     accelerator = build_accelerator(run_args, opt_args.gradient_accumulation_steps, opt_args.max_grad_norm)
-    preemption = PreemptionFlag()
     set_seed(run_args.seed)
     if accelerator.is_main_process:
         if run_args.overwrite_output_dir:

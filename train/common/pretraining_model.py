@@ -65,6 +65,11 @@ class PretrainingObjective(nn.Module):
                 if module is not None:
                     module.requires_grad_(False)
 
+    @property
+    def config(self):
+        # DeepSpeed's "auto" ZeRO-3 bucket sizes are derived from model.config.hidden_size.
+        return self.model.config
+
     def forward(self, input_ids, attention_mask, token_type_ids, labels, next_sentence_label=None):
         sequence_output, pooled_output = self.model.bert(
             input_ids=input_ids, attention_mask=attention_mask, token_type_ids=token_type_ids,
