@@ -15,6 +15,7 @@ from __future__ import annotations
 import json
 import os
 import shutil
+import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Optional
@@ -76,6 +77,7 @@ def _manifest_files(folder: Path) -> dict[str, int]:
 def save_checkpoint(accelerator, checkpoints_dir: Path, train_state: TrainState, metadata: dict[str, Any],
                     keep_last_n: int) -> Path:
     """Save the accelerator state atomically; returns the final folder."""
+    started = time.perf_counter()
     name = checkpoint_name(train_state.step)
     final = checkpoints_dir / name
     tmp = checkpoints_dir / f".tmp-{name}"
@@ -87,7 +89,7 @@ def save_checkpoint(accelerator, checkpoints_dir: Path, train_state: TrainState,
     accelerator.wait_for_everyone()
     if accelerator.is_main_process:
         manifest = {"step": train_state.step, "train_state": train_state.state_dict(), **metadata,
-                    "files": _manifest_files(tmp)}
+                    "files": _manifest_files(tmp), "save_seconds": round(time.perf_counter() - started, 3)}
         with open(tmp / MANIFEST, "w") as f:
             json.dump(manifest, f, indent=1)
             f.flush()

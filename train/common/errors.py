@@ -14,7 +14,11 @@ def _expected() -> tuple[type[BaseException], ...]:
     from .pretraining_data import DataError
     from .run_folder import HubUploadError, RunFolderError
     from .tokenizer import TokenizerError
-    return (ConfigError, CheckpointError, LaunchError, DataError, RunFolderError, HubUploadError, TokenizerError)
+    from .finetune_common import FinetuneDataError, FinetuneModelError
+    from .squad_data import SquadFormatError
+    from .sst_data import LeakageError, SSTFormatError
+    return (ConfigError, CheckpointError, LaunchError, DataError, RunFolderError, HubUploadError, TokenizerError,
+            SSTFormatError, LeakageError, SquadFormatError, FinetuneModelError, FinetuneDataError)
 
 
 def run_main(main: Callable[[], int]) -> int:

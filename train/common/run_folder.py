@@ -27,6 +27,8 @@ OPERATIONAL_KEYS = frozenset({
     "process_group_timeout", "push_to_hub", "hub_model_id", "hub_private", "peak_tflops",
     "preprocessing_num_workers", "overwrite_cache", "max_train_steps", "num_train_epochs",
     "per_device_eval_batch_size", "torch_compile", "early_stopping_patience",
+    # checked where it matters: the resumed data position must be a whole number of new batches
+    "per_device_train_batch_size",
 })
 RUN_FILES = ("config.yaml", "metrics.jsonl", "eval_results.json", "tensorboard", "checkpoints", "final",
              "tokenizer", "PREEMPTED", "replica_check.json", "predictions.json", "predictions.jsonl", "nbest.json", "null_odds.json")

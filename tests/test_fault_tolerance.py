@@ -1,0 +1,128 @@
+"""Faults: non-finite losses, kill -9 at random steps, resuming on another process count, bad checkpoints."""
+
+import json
+import os
+import random
+import shutil
+import signal
+import subprocess
+import sys
+import time
+
+import pytest
+import torch
+from safetensors.torch import load_file
+
+from tests.conftest import REPO, free_port, launch_env, pretrain_args, run_pretrain
+from train.common.pretraining_model import PretrainingObjective
+
+pytestmark = pytest.mark.slow
+
+
+def tensors(run):
+    return load_file(str(run / "final" / "model.safetensors"))
+
+
+def poison_forward(monkeypatch, bad_calls):
+    """Make the objective return a NaN loss on the given forward calls (training calls only)."""
+    original = PretrainingObjective.forward
+    calls = {"n": 0}
+
+    def forward(self, *args, **kwargs):
+        sums = original(self, *args, **kwargs)
+        if self.training:
+            calls["n"] += 1
+            if calls["n"] in bad_calls:
+                sums.mlm_nll = sums.mlm_nll * float("nan")
+        return sums
+    monkeypatch.setattr(PretrainingObjective, "forward", forward)
+
+
+def test_nan_policy_skip_drops_only_that_update(corpus_dir, tmp_path, monkeypatch, caplog):
+    poison_forward(monkeypatch, bad_calls={3})
+    run = tmp_path / "skip"
+    with caplog.at_level("WARNING"):
+        assert run_pretrain(pretrain_args(corpus_dir, run, "--max_train_steps", "6", "--nan_policy", "skip",
+                                          "--checkpointing_steps", "none", "--logging_steps", "1")) == 0
+    assert "step 3: non-finite loss or gradient (update skipped)" in caplog.text
+    assert all(torch.isfinite(t).all() for t in tensors(run).values())
+    steps = [json.loads(l)["step"] for l in (run / "metrics.jsonl").read_text().splitlines() if '"split"' not in l]
+    assert steps == [1, 2, 3, 4, 5, 6]
+
+
+def test_nan_policy_stop_saves_and_stops(corpus_dir, tmp_path, monkeypatch, caplog):
+    poison_forward(monkeypatch, bad_calls={4})
+    run = tmp_path / "stop"
+    with caplog.at_level("ERROR"):
+        code = run_pretrain(pretrain_args(corpus_dir, run, "--max_train_steps", "6", "--nan_policy", "stop",
+                                          "--checkpointing_steps", "none"))
+    assert code == 3 and "non-finite loss or gradient (--nan_policy stop)" in caplog.text
+    assert (run / "checkpoints" / "step_000004").is_dir() and not (run / "final").exists()
+
+
+def test_kill_9_at_random_steps_then_resume(corpus_dir, tmp_path):
+    """SIGKILL (no chance to clean up) at random moments, resume each time: same final parameters."""
+    args = ("--num_train_epochs", "2", "--checkpointing_steps", "2", "--keep_last_n", "2", "--logging_steps", "1")
+    reference = tmp_path / "reference"
+    assert run_pretrain(pretrain_args(corpus_dir, reference, *args)) == 0
+    total = json.loads((reference / "eval_results.json").read_text())["epochs"][-1]["step"]
+    run = tmp_path / "killed"
+    cmd = [sys.executable, str(REPO / "train" / "pretrain.py"),
+           *pretrain_args(corpus_dir, run, *args, "--resume_from_checkpoint", "latest")]
+    rng = random.Random(1234)
+    kills = 0
+    for attempt in range(6):
+        if (run / "final").is_dir():
+            break
+        proc = subprocess.Popen(cmd, cwd=REPO, env=launch_env(), stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
+                                start_new_session=True)
+        target = rng.randint(1, total - 1)
+        # Kill once the run has logged past a random step (its progress since the last checkpoint is lost).
+        deadline = time.time() + 300
+        while proc.poll() is None and time.time() < deadline and kills < 3:
+            lines = (run / "metrics.jsonl").read_text().splitlines() if (run / "metrics.jsonl").exists() else []
+            if any(json.loads(l).get("step", 0) >= target for l in lines if l.strip()):
+                os.killpg(proc.pid, signal.SIGKILL)
+                kills += 1
+                break
+            time.sleep(0.05)
+        proc.wait(timeout=300)
+    assert kills >= 2, "the runs finished before they could be killed"
+    assert (run / "final").is_dir()
+    reference_tensors, final = tensors(reference), tensors(run)
+    for key in reference_tensors:
+        assert torch.equal(reference_tensors[key], final[key]), key
+    assert json.loads((run / "eval_results.json").read_text()) == json.loads((reference / "eval_results.json").read_text())
+
+
+@pytest.mark.multiprocess
+def test_resume_on_another_process_count(corpus_dir, tmp_path):
+    """A 1-process checkpoint continues on 2 processes with the same global batch (DDP)."""
+    common = ("--hidden_dropout_prob", "0", "--attention_probs_dropout_prob", "0", "--max_train_steps", "8",
+              "--checkpointing_steps", "3", "--keep_last_n", "0")
+    reference = tmp_path / "reference"
+    assert run_pretrain(pretrain_args(corpus_dir, reference, *common, "--per_device_train_batch_size", "8")) == 0
+    run = tmp_path / "moved"
+    shutil.copytree(reference, run, ignore=shutil.ignore_patterns("final"))
+    for late in ("step_000006", "step_000008"):
+        shutil.rmtree(run / "checkpoints" / late, ignore_errors=True)
+    cmd = [sys.executable, "-m", "accelerate.commands.launch", "--config_file",
+           str(REPO / "accelerate_configs" / "cpu_ddp.yaml"), "--main_process_port", str(free_port()),
+           str(REPO / "train" / "pretrain.py"),
+           *pretrain_args(corpus_dir, run, *common, "--per_device_train_batch_size", "4",
+                          "--resume_from_checkpoint", "latest")]
+    proc = subprocess.run(cmd, cwd=REPO, env=launch_env(), capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stderr[-4000:]
+    a, b = tensors(reference), tensors(run)
+    for key in a:
+        torch.testing.assert_close(a[key], b[key], atol=1e-5, rtol=0, msg=key)
+
+
+def test_checkpoint_of_another_model_shape_is_refused(corpus_dir, tmp_path):
+    from train.common.checkpointing import CheckpointError
+    run = tmp_path / "shape"
+    assert run_pretrain(pretrain_args(corpus_dir, run, "--max_train_steps", "2", "--checkpointing_steps", "2")) == 0
+    other = tmp_path / "other"
+    with pytest.raises(CheckpointError, match="different model shape.*hidden_size"):
+        run_pretrain(pretrain_args(corpus_dir, other, "--hidden_size", "64", "--max_train_steps", "2",
+                                   "--resume_from_checkpoint", str(run / "checkpoints" / "step_000002")))

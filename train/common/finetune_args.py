@@ -1,0 +1,191 @@
+"""Typed options of the fine-tuning scripts: the model to start from, and one dataclass per task.
+
+Parsed together with `OptimizationArguments` and `RunArguments` (train/common/args.py) by
+`parse_config`, so `--config train/configs/sst_*.yaml | squad_*.yaml` presets and the command line
+work as for pretraining. Derived values are methods; parsed values are never mutated.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Optional
+
+from .args import ConfigError, _choice, _help, _positive
+from .squad_data import DOC_STRIDE_HELP, MAX_QUERY_LENGTH_HELP
+
+
+@dataclass
+class FinetuneModelArguments:
+    model_name_or_path: str = _help(
+        "Checkpoint to start from: a hub id (bert-base-uncased) or a local folder written by save_pretrained, "
+        "e.g. a pretraining run's final/ (its MLM/NSP heads are dropped, the task head is added and initialised "
+        "from --seed) or a fine-tuning run's final/ (for --do_train false).", default="bert-base-uncased")
+    tokenizer_name: Optional[str] = _help("Tokenizer (hub id or folder); default: the one saved with the model.",
+                                          default=None)
+    trust_remote_code: bool = _help("Allow model code from the hub repository (only for repositories you trust).",
+                                    default=False)
+    attn_implementation: str = _help("'sdpa' (fused scaled-dot-product attention) or 'eager'.", default="sdpa")
+    hidden_dropout_prob: Optional[float] = _help("Override the checkpoint's dropout on hidden states.", default=None)
+    attention_probs_dropout_prob: Optional[float] = _help("Override the checkpoint's attention dropout.",
+                                                          default=None)
+    classifier_dropout: Optional[float] = _help(
+        "Dropout before the task head (default: hidden_dropout_prob, as BERT does).", default=None)
+    torch_compile: bool = _help("torch.compile the encoder.", default=False)
+
+    def __post_init__(self):
+        _choice("attn_implementation", self.attn_implementation, ("sdpa", "eager"))
+        for name in ("hidden_dropout_prob", "attention_probs_dropout_prob", "classifier_dropout"):
+            value = getattr(self, name)
+            if value is not None and not 0.0 <= value < 1.0:
+                raise ConfigError(f"{name} must be in [0, 1), got {value}")
+
+    def config_overrides(self) -> dict:
+        """Dropout settings given on the command line, to apply on top of the checkpoint's config."""
+        names = ("hidden_dropout_prob", "attention_probs_dropout_prob", "classifier_dropout")
+        return {k: getattr(self, k) for k in names if getattr(self, k) is not None}
+
+
+@dataclass
+class FinetuneDataArguments:
+    """What both tasks share: eval-only mode, sample caps and batching for throughput."""
+
+    do_train: bool = _help("False: no training; evaluate --model_name_or_path as it is (a fine-tuned final/) and "
+                           "write the run's predictions and eval_results.json.", default=True)
+    group_by_length: bool = _help(
+        "Training batches of similar length (less padding): each epoch's seeded permutation is cut into groups "
+        "of 50 global batches, each group sorted by length and its batches shuffled. Deterministic per seed and "
+        "epoch, so resume replays the same batches.", default=True)
+    pad_to_multiple_of: int = _help("Dynamic padding to the longest sequence of a batch, rounded up to this.",
+                                    default=8)
+    max_train_samples: Optional[int] = _help("Use only the first N training examples (smoke runs).", default=None)
+    max_eval_samples: Optional[int] = _help("Use only the first N examples of each evaluation split.", default=None)
+
+    def __post_init__(self):
+        _positive("pad_to_multiple_of", self.pad_to_multiple_of)
+        for name in ("max_train_samples", "max_eval_samples"):
+            if getattr(self, name) is not None:
+                _positive(name, getattr(self, name))
+
+
+@dataclass
+class ClassificationDataArguments(FinetuneDataArguments):
+    """SST-5 sources (exactly one of: --sst_trees_dir, --sst_dir, --train_file, else the hub --dataset_name)
+    and the classification protocol (what to train on, seeds, early stopping, class weights)."""
+
+    sst_trees_dir: Optional[str] = _help("Official PTB trees: a folder with train.txt, dev.txt, test.txt (every "
+                                         "node labelled 0-4).", default=None)
+    sst_dir: Optional[str] = _help("Original release folder: dictionary.txt, sentiment_labels.txt, "
+                                   "datasetSentences.txt, datasetSplit.txt.", default=None)
+    train_file: Optional[str] = _help("CSV/TSV/JSON/JSONL training sentences with --text_column/--label_column.",
+                                      default=None)
+    validation_file: Optional[str] = _help("Dev sentences (same format as --train_file).", default=None)
+    test_file: Optional[str] = _help("Test sentences (optional).", default=None)
+    text_column: Optional[str] = _help("Text column of the files or the hub dataset (default: 'text'; for known "
+                                       "hub datasets their own column).", default=None)
+    label_column: Optional[str] = _help("Label column: class ids 0..4, sentiment values in [0, 1] or label names "
+                                        "(default: 'label').", default=None)
+    dataset_name: Optional[str] = _help("Hub dataset with train/validation(/test) splits, used when no local "
+                                        "source is given (e.g. SetFit/sst5).", default="SetFit/sst5")
+    dataset_config_name: Optional[str] = _help("Hub dataset configuration.", default=None)
+    train_on: str = _help("'sentences', or 'phrases' = every labelled phrase of the training sentences (the "
+                          "standard fine-grained SST-5 setup; needs the trees or the original release). Evaluation "
+                          "is always on dev/test sentences (and, where available, phrases).", default="sentences")
+    max_seq_length: int = _help("Tokens per example, [CLS] and [SEP] included (longer texts are truncated).",
+                                default=128)
+    class_weights: bool = _help("Weight the cross-entropy by inverse class frequency of the training examples.",
+                                default=False)
+    seeds: Optional[str] = _help("Comma-separated seeds, e.g. 1,2,3: one run per seed in OUTPUT_DIR/seed_N/, then "
+                                 "mean and std in OUTPUT_DIR/eval_results.json.", default=None)
+    early_stopping_patience: Optional[int] = _help(
+        "Stop after N epochs without a better dev sentence accuracy, and evaluate/export the best-dev model.",
+        default=None)
+
+    def __post_init__(self):
+        super().__post_init__()
+        _choice("train_on", self.train_on, ("sentences", "phrases"))
+        local = [k for k in ("sst_trees_dir", "sst_dir", "train_file") if getattr(self, k)]
+        if len(local) > 1:
+            raise ConfigError(f"give one data source, not {' and '.join('--' + k for k in local)}")
+        if self.train_file and not self.validation_file:
+            raise ConfigError("--train_file needs --validation_file (the dev sentences)")
+        if not local and not self.dataset_name:
+            raise ConfigError("give a data source: --sst_trees_dir, --sst_dir, --train_file or --dataset_name")
+        if self.max_seq_length < 8:
+            raise ConfigError(f"max_seq_length must be at least 8, got {self.max_seq_length}")
+        if self.early_stopping_patience is not None:
+            _positive("early_stopping_patience", self.early_stopping_patience)
+        self.seed_list()
+
+    def seed_list(self) -> list[int]:
+        if not self.seeds:
+            return []
+        try:
+            seeds = [int(s) for s in str(self.seeds).split(",") if s.strip()]
+        except ValueError:
+            raise ConfigError(f"seeds must be comma-separated integers like 1,2,3; got {self.seeds!r}") from None
+        if not seeds or len(set(seeds)) != len(seeds):
+            raise ConfigError(f"seeds must be distinct integers like 1,2,3; got {self.seeds!r}")
+        return seeds
+
+    def source(self) -> str:
+        return self.sst_trees_dir or self.sst_dir or self.train_file or self.dataset_name
+
+
+@dataclass
+class QADataArguments(FinetuneDataArguments):
+    """SQuAD sources (official JSON files, or the hub's squad / squad_v2) and the window/answer settings."""
+
+    dataset_name: Optional[str] = _help("Hub dataset ('squad' or 'squad_v2') used when no --train_file / "
+                                        "--validation_file is given.", default="squad")
+    dataset_config_name: Optional[str] = _help("Hub dataset configuration.", default=None)
+    train_file: Optional[str] = _help("Official SQuAD JSON (data -> paragraphs -> qas) to train on.", default=None)
+    validation_file: Optional[str] = _help("Official SQuAD JSON to evaluate on.", default=None)
+    train_articles: Optional[int] = _help(
+        "Split --train_file by article: the first N articles train, the remaining ones evaluate (no "
+        "--validation_file then). E.g. 40 on dev-v1.1.json trains on 40 articles and evaluates on 8.", default=None)
+    version_2_with_negative: bool = _help("SQuAD v2.0: questions may have no answer (predicted as '').",
+                                          default=False)
+    null_score_diff_threshold: float = _help(
+        "v2.0: predict no answer when null score - best span score > this.", default=0.0)
+    max_seq_length: int = _help("Tokens per window: [CLS] question [SEP] context [SEP].", default=384)
+    doc_stride: int = _help(DOC_STRIDE_HELP, default=128)
+    max_query_length: int = _help(MAX_QUERY_LENGTH_HELP, default=64)
+    n_best_size: int = _help("Start and end candidates per window, and n-best list length per question.",
+                             default=20)
+    max_answer_length: int = _help("Longest answer span in tokens.", default=30)
+    answer_window: int = _help("An answer not at answer_start is searched within +-N characters (then fixed and "
+                               "counted in the data report, else dropped).", default=50)
+    aux_metrics: bool = _help("Also report BLEU/ROUGE/METEOR (auxiliary; METEOR needs WordNet: "
+                              "python -m analysis.wordnet_setup).", default=True)
+
+    def __post_init__(self):
+        super().__post_init__()
+        for name in ("max_query_length", "n_best_size", "max_answer_length"):
+            _positive(name, getattr(self, name))
+        capacity = self.max_seq_length - self.max_query_length - 3
+        if capacity <= 0 or not 0 <= self.doc_stride < capacity:
+            raise ConfigError(f"doc_stride ({self.doc_stride}) must be >= 0 and below max_seq_length - "
+                              f"max_query_length - 3 = {capacity} (the context room of a window)")
+        if self.train_articles is not None:
+            _positive("train_articles", self.train_articles)
+            if not self.train_file:
+                raise ConfigError("--train_articles N splits --train_file by article; give --train_file")
+            if self.validation_file:
+                raise ConfigError("--train_articles evaluates on the remaining articles of --train_file; "
+                                  "drop --validation_file (or drop --train_articles)")
+        if self.uses_local_files():
+            if self.do_train and not self.train_file:
+                raise ConfigError("--validation_file alone evaluates only: add --train_file, or --do_train false")
+            if not (self.validation_file or self.train_articles):
+                raise ConfigError("--train_file needs --validation_file or --train_articles N (what to evaluate on)")
+        elif not self.dataset_name:
+            raise ConfigError("give --train_file/--validation_file (SQuAD JSON) or --dataset_name (squad, squad_v2)")
+        if self.dataset_name == "squad_v2" and not (self.train_file or self.validation_file) \
+                and not self.version_2_with_negative:
+            raise ConfigError("squad_v2 has unanswerable questions: add --version_2_with_negative")
+
+    def uses_local_files(self) -> bool:
+        return bool(self.train_file or self.validation_file)
+
+    def version(self) -> str:
+        return "2.0" if self.version_2_with_negative else "1.1"
