@@ -318,7 +318,12 @@ def load_line_splits(data_args) -> datasets.DatasetDict:
         for split, path in files.items():
             _check_text_file(path, split)
         return datasets.load_dataset("text", data_files=files)
-    raw = datasets.load_dataset(data_args.dataset_name, data_args.dataset_config_name)
+    try:
+        raw = datasets.load_dataset(data_args.dataset_name, data_args.dataset_config_name)
+    except Exception as err:  # offline, unknown name, no permission: the user's next step is the same
+        raise DataError(f"could not load the hub dataset {data_args.dataset_name}/{data_args.dataset_config_name} "
+                        f"({type(err).__name__}: {str(err).splitlines()[0] if str(err) else ''}). Offline? Give local "
+                        "text with --train_file (and --validation_file/--test_file), e.g. WikiText's wiki.*.raw") from None
     if "text" not in raw["train"].column_names:
         raise DataError(f"dataset {data_args.dataset_name} has no 'text' column (columns: "
                         f"{raw['train'].column_names}); pretraining reads raw text lines")
