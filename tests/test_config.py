@@ -18,6 +18,9 @@ def test_preset_then_command_line_override(tmp_path):
                                                     "--learning_rate", "3e-4", "--no_nsp"])
     assert model.hidden_size == 128 and opt.learning_rate == 3e-4 and data.nsp is False
     assert data.train_tokenizer == 8000 and run.output_dir == "runs/smoke"
+    _, data, _, _ = parse_config(PRETRAIN, ["--config", str(REPO / "train/configs/smoke.yaml"),
+                                            "--train_tokenizer", "none"])
+    assert data.train_tokenizer is None  # an optional preset value can be reset
     model, data, opt, run = parse_config(PRETRAIN, [])
     assert (model.hidden_size, model.num_hidden_layers, model.num_attention_heads) == (768, 12, 12)
     assert opt.num_train_epochs == 5 and data.max_seq_length == 128 and data.nsp

@@ -13,6 +13,7 @@ import dataclasses
 import difflib
 import math
 import sys
+import typing
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Optional, Sequence
@@ -43,7 +44,9 @@ class RunArguments:
         "'latest' (newest complete checkpoint in OUTPUT_DIR/checkpoints, or a fresh start if there is none) or a path.",
         default=None)
     report_to: str = _help("'tensorboard' or 'none'.", default="tensorboard")
-    dataloader_num_workers: int = _help("DataLoader worker processes.", default=0)
+    dataloader_num_workers: Optional[int] = _help("DataLoader worker processes (default: 4 on a GPU, 0 on CPU, "
+                                                  "where workers only compete with the model for cores).",
+                                                  default=None)
     nan_policy: str = _help("On a non-finite loss or gradient: 'skip' the update, or 'stop' after saving.", default="stop")
     process_group_timeout: int = _help("Seconds a collective may wait before the job fails (a crashed rank).",
                                        default=1800)
@@ -157,6 +160,7 @@ def parse_config(dataclass_types: Sequence[type], argv: Optional[Sequence[str]] 
     pre = argparse.ArgumentParser(add_help=False, allow_abbrev=False)
     pre.add_argument("--config", default=None)
     pre_args, rest = pre.parse_known_args(argv)
+    optional = _optional_fields(dataclass_types)
 
     # No prefix abbreviations: "--learning_rat" must be an error, not a silent match.
     parser = HfArgumentParser(dataclass_types, description=description, allow_abbrev=False)
@@ -164,6 +168,7 @@ def parse_config(dataclass_types: Sequence[type], argv: Optional[Sequence[str]] 
     if pre_args.config:
         known = {f.name for dc in dataclass_types for f in dataclasses.fields(dc)}
         parser.set_defaults(**_load_preset(pre_args.config, known))
+    rest = _apply_none_overrides(parser, optional, rest)
     try:
         parsed = parser.parse_args_into_dataclasses(args=rest, look_for_args_file=False)
     except ConfigError:
@@ -171,6 +176,26 @@ def parse_config(dataclass_types: Sequence[type], argv: Optional[Sequence[str]] 
     except (TypeError, ValueError) as err:
         raise ConfigError(str(err)) from None
     return tuple(parsed[: len(dataclass_types)])
+
+
+def _optional_fields(dataclass_types: Sequence[type]) -> set[str]:
+    # From the annotations: HfArgumentParser rewrites dataclasses' field.type in place.
+    return {name for dc in dataclass_types for name, hint in typing.get_type_hints(dc).items()
+            if type(None) in typing.get_args(hint)}
+
+
+def _apply_none_overrides(parser, optional: set[str], argv: list[str]) -> list[str]:
+    """`--name none` resets an optional option to None (e.g. a preset's --train_tokenizer)."""
+    kept, i = [], 0
+    while i < len(argv):
+        name = argv[i][2:] if argv[i].startswith("--") else None
+        if name in optional and i + 1 < len(argv) and argv[i + 1].lower() in ("none", "null"):
+            parser.set_defaults(**{name: None})
+            i += 2
+            continue
+        kept.append(argv[i])
+        i += 1
+    return kept
 
 
 def flat_config(*configs) -> dict[str, Any]:

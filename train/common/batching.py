@@ -3,7 +3,8 @@
 from __future__ import annotations
 
 import hashlib
-from typing import Iterable, Iterator, TypeVar
+import os
+from typing import Iterable, Iterator, Optional, TypeVar
 
 import torch
 from torch.utils.data import DataLoader
@@ -11,12 +12,19 @@ from torch.utils.data import DataLoader
 T = TypeVar("T")
 
 
-def build_dataloader(dataset, collate_fn, batch_size: int, train: bool, num_workers: int, seed: int) -> DataLoader:
+def default_num_workers(requested: Optional[int]) -> int:
+    if requested is not None:
+        return requested
+    return min(4, max(1, (os.cpu_count() or 2) // 2)) if torch.cuda.is_available() else 0
+
+
+def build_dataloader(dataset, collate_fn, batch_size: int, train: bool, num_workers: Optional[int],
+                     seed: int) -> DataLoader:
     """Training loaders shuffle (accelerate swaps in a seeded, epoch-aware sampler) and drop the
     last partial batch so every rank takes the same number of steps. The loader gets its own
     generator so creating an iterator never consumes the global RNG that dropout uses."""
     return DataLoader(dataset, batch_size=batch_size, shuffle=train, drop_last=train, collate_fn=collate_fn,
-                      num_workers=num_workers, pin_memory=torch.cuda.is_available(),
+                      num_workers=default_num_workers(num_workers), pin_memory=torch.cuda.is_available(),
                       generator=torch.Generator().manual_seed(seed), persistent_workers=False)
 
 
