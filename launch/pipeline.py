@@ -49,7 +49,9 @@ def stage_commands(args) -> dict[str, list[list[str]]]:
         sst = ["--config", "train/configs/sst_smoke.yaml", "--sst_trees_dir", str(args.sst_trees_dir or SMOKE_DATA["sst_trees"]),
                "--max_train_samples", "3000", "--num_train_epochs", "2"]
         squad = ["--config", "train/configs/squad_smoke.yaml", "--train_file", str(args.squad_file or SMOKE_DATA["squad"]),
-                 "--train_articles", "40", "--max_train_samples", "3000", "--num_train_epochs", "1"]
+                 "--train_articles", "40", "--max_train_samples", "3000", "--num_train_epochs", "1",
+                 # the smoke model was pretrained on 128-token instances (its position table ends there)
+                 "--max_seq_length", "128", "--doc_stride", "32", "--max_query_length", "32"]
     else:
         pretrain = ["--config", "train/configs/bert_base.yaml"]
         sst = ["--config", "train/configs/sst_bert_base.yaml"] + (

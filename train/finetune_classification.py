@@ -25,9 +25,7 @@ tensorboard/, checkpoints/step_NNNNNN/ (checkpoints/best/ with --early_stopping_
 from __future__ import annotations
 
 import json
-import os
 import sys
-from dataclasses import replace
 from pathlib import Path
 
 if __package__ in (None, ""):  # `python train/finetune_classification.py`: make `train.common` importable
@@ -35,27 +33,25 @@ if __package__ in (None, ""):  # `python train/finetune_classification.py`: make
 
 import torch
 from accelerate.logging import get_logger
-from accelerate.utils import set_seed
 from transformers import AutoModelForSequenceClassification
 
 from analysis.classification import classification_metrics, majority_baseline
 from train.common.args import ConfigError, OptimizationArguments, RunArguments, flat_config, parse_config
 from train.common.batching import accumulation_windows, step_seed
 from train.common.checkpointing import TrainState, checkpoint_name, load_checkpoint, save_checkpoint
-from train.common.distributed import (agree_on_flags, build_accelerator, check_replicas_in_sync, distributed_summary,
-                                     is_deepspeed)
+from train.common.distributed import agree_on_flags, check_replicas_in_sync, distributed_summary, is_deepspeed
 from train.common.errors import run_main
 from train.common.finetune_args import ClassificationDataArguments, FinetuneModelArguments
-from train.common.finetune_common import (IntervalStats, PaddingCollator, aggregate_seeds, build_eval_dataloader,
-                                         build_train_dataloader, classification_nll, evaluate_outputs,
-                                         finetune_model_card, load_model_for_task, model_inputs, output_path,
-                                         parameter_block, require_trained_head, rounded_epoch, steps_or_fail)
+from train.common.finetune_common import (IntervalStats, PaddingCollator, build_eval_dataloader, build_train_dataloader,
+                                         check_max_seq_length, classification_nll, evaluate_outputs, finetune_model_card, from_hub,
+                                         keep_length_grouping, load_model_for_task, model_inputs, parameter_block,
+                                         require_trained_head, rounded_epoch, run_seeds, start_logging, start_run,
+                                         steps_or_fail, stop_early)
 from train.common.optim import build_optimizer, build_scheduler
-from train.common.preemption import PreemptionFlag, clear_marker, write_marker
+from train.common.preemption import PreemptionFlag
 from train.common.resume import resume_from_checkpoint
-from train.common.run_folder import (MetricsLogger, check_output_dir, clear_run_files, export_final_model,
-                                     load_eval_results, push_folder_to_hub, write_json_atomic, write_run_config,
-                                     write_text_atomic)
+from train.common.run_folder import export_final_model, push_folder_to_hub, write_json_atomic, write_run_config, \
+    write_text_atomic
 from train.common.sst_data import (LABEL_NAMES, NUM_CLASSES, check_no_leakage, class_weights, load_sst_files,
                                    load_sst_hub, load_sst_original, load_sst_ptb_trees)
 from train.common.throughput import IntervalTimer
@@ -74,68 +70,35 @@ def load_sst_splits(data_args):
     if data_args.train_file:
         return load_sst_files(data_args.train_file, data_args.validation_file, data_args.test_file,
                               data_args.text_column or "text", data_args.label_column or "label")
-    return load_sst_hub(data_args.dataset_name, data_args.dataset_config_name, data_args.text_column,
-                        data_args.label_column)
+    return from_hub(load_sst_hub, data_args.dataset_name, data_args.dataset_config_name, data_args.text_column,
+                    data_args.label_column,
+                    local_hint="Give --sst_trees_dir, --sst_dir or --train_file/--validation_file")
 
 
 def main(argv=None) -> int:
     # ---- config ------------------------------------------------------------------------------
     model_args, data_args, opt_args, run_args = parse_config(ARGS, argv, description=__doc__)
     preemption = PreemptionFlag()  # before the slow set-up, so that an early signal is not lost
-    seeds, output_dir = data_args.seed_list(), output_path(run_args.output_dir)
-    if not seeds:
-        return run_classification(model_args, data_args, opt_args, run_args, preemption, output_dir)[0]
-    # --seeds: one complete run per seed in OUTPUT_DIR/seed_N, then mean and std over them.
-    config = flat_config(model_args, data_args, opt_args, run_args)
-    check_output_dir(output_dir, config, run_args.resume_from_checkpoint, run_args.overwrite_output_dir)
-    if run_args.resume_from_checkpoint not in (None, "latest"):
-        raise ConfigError("--seeds resumes every seed from its own folder: use --resume_from_checkpoint latest")
-    is_main = int(os.environ.get("RANK", "0")) == 0
-    if is_main:
-        if run_args.overwrite_output_dir:
-            clear_run_files(output_dir)
-        write_run_config(output_dir, "classification", config, {"num_processes": int(os.environ.get("WORLD_SIZE", 1))},
-                         extra={"seeds": seeds, "seed_folders": [f"seed_{s}" for s in seeds]})
-    runs, first = [], None
-    for seed in seeds:
-        seed_dir = output_dir / f"seed_{seed}"
-        done = seed_dir / "eval_results.json"
-        results = json.loads(done.read_text()) if run_args.resume_from_checkpoint and done.is_file() else {}
-        if not results.get("completed"):
-            code, results = run_classification(model_args, data_args, opt_args,
-                                               replace(run_args, seed=seed, output_dir=str(seed_dir)), preemption,
-                                               output_dir)
-            if code != 0:
-                return code  # preempted (OUTPUT_DIR/PREEMPTED written) or stopped on a non-finite loss
-        first = first or results
-        runs.append({"seed": seed, "output_dir": seed_dir.name, "best_step": results.get("best", {}).get("step"),
-                     **{f"{split}_{k}": m[k] for split, m in results["splits"].items()
-                        for k in ("accuracy", "macro_f1", "weighted_f1")}})
-    if is_main:
-        write_json_atomic(output_dir / "eval_results.json", {
-            "task": "classification", "seeds": aggregate_seeds(runs), "majority_baseline": first["majority_baseline"],
-            "train_on": data_args.train_on, "label_names": list(LABEL_NAMES), "label_note": REVERSED_NOTE})
-    return 0
+    if data_args.seed_list():
+        return run_seeds(run_classification, (model_args, data_args, opt_args), run_args, preemption,
+                         data_args.seed_list(), "classification", seed_summary, lambda first: {
+                             k: first[k] for k in ("majority_baseline", "train_on", "label_names", "label_note")})
+    return run_classification(model_args, data_args, opt_args, run_args, preemption)[0]
 
 
-def run_classification(model_args, data_args, opt_args, run_args, preemption, marker_dir: Path):
-    """One seed: train, evaluate, export. Returns (exit code, eval_results or None)."""
+def seed_summary(results: dict) -> dict:
+    return {"best_step": results.get("best", {}).get("step"),
+            **{f"{split}_{k}": m[k] for split, m in results["splits"].items() for k in ("accuracy", "macro_f1",
+                                                                                        "weighted_f1")}}
+
+
+def run_classification(model_args, data_args, opt_args, run_args, preemption, marker_dir=None):
+    """One seed: train, evaluate, export. Returns (exit code, eval_results or None when stopped early)."""
     config = flat_config(model_args, data_args, opt_args, run_args)
-    output_dir = output_path(run_args.output_dir)
-    if not data_args.do_train and run_args.resume_from_checkpoint:
-        raise ConfigError("--do_train false evaluates --model_name_or_path; it does not resume checkpoints")
-    check_output_dir(output_dir, config, run_args.resume_from_checkpoint, run_args.overwrite_output_dir)
 
     # ---- accelerator -------------------------------------------------------------------------
-    gas = opt_args.gradient_accumulation_steps
-    accelerator = build_accelerator(run_args, gas, opt_args.max_grad_norm)
-    set_seed(run_args.seed)
-    if accelerator.is_main_process:
-        if run_args.overwrite_output_dir:
-            clear_run_files(output_dir)
-        output_dir.mkdir(parents=True, exist_ok=True)
-        clear_marker(marker_dir)
-    accelerator.wait_for_everyone()
+    accelerator, output_dir = start_run(run_args, opt_args, config, data_args.do_train, marker_dir)
+    marker_dir, gas = marker_dir or output_dir, opt_args.gradient_accumulation_steps
 
     # ---- data --------------------------------------------------------------------------------
     splits = load_sst_splits(data_args)
@@ -153,6 +116,7 @@ def run_classification(model_args, data_args, opt_args, run_args, preemption, ma
     model, tokenizer, load_report = load_model_for_task(
         model_args, AutoModelForSequenceClassification, run_args.seed, num_labels=NUM_CLASSES,
         id2label=dict(enumerate(LABEL_NAMES)), label2id={n: i for i, n in enumerate(LABEL_NAMES)})
+    check_max_seq_length(model, data_args.max_seq_length, model_args.model_name_or_path)
 
     def encode(examples):
         enc = tokenizer([ex.text for ex in examples], truncation=True, max_length=data_args.max_seq_length)
@@ -172,12 +136,12 @@ def run_classification(model_args, data_args, opt_args, run_args, preemption, ma
                                         opt_args.per_device_train_batch_size)
         total_steps, num_epochs = opt_args.total_steps(steps_per_epoch), opt_args.num_epochs(steps_per_epoch)
         lr_scheduler = build_scheduler(optimizer, opt_args, total_steps)
-    else:
+        eval_loaders = {k: accelerator.prepare(v) for k, v in eval_loaders.items()}
+    else:  # evaluation only (DeepSpeed takes its batch size from the loaders prepared with the model)
         require_trained_head(load_report, "classifier")
-        model = accelerator.prepare(model)
-        steps_per_epoch = total_steps = num_epochs = 0
+        model, *loaders = accelerator.prepare(model, *eval_loaders.values())
+        eval_loaders, steps_per_epoch, total_steps, num_epochs = dict(zip(eval_loaders, loaders)), 0, 0, 0
         lr_scheduler = None
-    eval_loaders = {k: accelerator.prepare(v) for k, v in eval_loaders.items()}
     train_state = TrainState(world_size=accelerator.num_processes,
                              per_device_batch_size=opt_args.per_device_train_batch_size)
     accelerator.register_for_checkpointing(*[x for x in (lr_scheduler, train_state) if x is not None])
@@ -187,6 +151,8 @@ def run_classification(model_args, data_args, opt_args, run_args, preemption, ma
 
     # ---- resume ------------------------------------------------------------------------------
     resume_step = resume_from_checkpoint(accelerator, run_args, output_dir, train_state, model_signature)
+    if data_args.do_train:
+        keep_length_grouping(train_dataloader, train_state)
     skip_batches = train_state.batches_to_skip(accelerator.num_processes, opt_args.per_device_train_batch_size)
     train_state.world_size = accelerator.num_processes
     train_state.per_device_batch_size = opt_args.per_device_train_batch_size
@@ -198,12 +164,7 @@ def run_classification(model_args, data_args, opt_args, run_args, preemption, ma
             "dataset_sizes": {"train": len(train_examples), **{k: len(v) for k, v in eval_sets.items()}},
             "leakage_check": leakage, "class_weights": weights, "model_load": load_report,
             "resumed_from_step": resume_step})
-    metrics = MetricsLogger(accelerator, output_dir, resume_step)
-    eval_results = load_eval_results(output_dir, resume_step, "classification")
-    eval_results.pop("test")
-    if run_args.report_to == "tensorboard":
-        purge = {"tensorboard": {"purge_step": resume_step + 1}} if resume_step is not None else None
-        accelerator.init_trackers("tensorboard", init_kwargs=purge)
+    metrics, eval_results = start_logging(accelerator, run_args, output_dir, resume_step, "classification")
 
     def evaluate_split(name: str):
         out = evaluate_outputs(model, eval_loaders[name], accelerator, len(eval_sets[name]), lambda o, b: {
@@ -277,15 +238,8 @@ def run_classification(model_args, data_args, opt_args, run_args, preemption, ma
                 stop = "preempted"
 
             if train_state.step % run_args.logging_steps == 0 or train_state.step == total_steps or stop:
-                record = stats.record(accelerator, timer.seconds_and_reset())
-                train_state.samples_seen += record.pop("_samples")
-                train_state.tokens_seen += record.pop("_tokens")
-                record.update(step=train_state.step, lr=lr_scheduler.get_last_lr()[0],
-                              epoch=rounded_epoch(epoch, train_state.batches_in_epoch, steps_per_epoch * gas),
-                              grad_norm=float(grad_norm) if grad_norm is not None else None)
-                metrics.log(record, prefix="train")
-                logger.info(f"step {train_state.step}/{total_steps} loss {record['loss']:.4f} lr {record['lr']:.2e} "
-                            f"{record['samples_per_second']:.1f} samples/s", main_process_only=True)
+                stats.log(accelerator, metrics, timer.seconds_and_reset(), train_state, lr_scheduler.get_last_lr()[0],
+                          grad_norm, steps_per_epoch * gas, total_steps, "samples")
             timer.pause()
             if (every and train_state.step % every == 0) or stop:
                 checkpoint(output_dir / "checkpoints", run_args.keep_last_n)
@@ -308,6 +262,8 @@ def run_classification(model_args, data_args, opt_args, run_args, preemption, ma
         if not done:
             eval_results["epochs"].append(record)
             metrics.log({"split": "dev", **record}, prefix="eval")
+            if accelerator.is_main_process:  # the epochs so far survive an interruption (resume reads them)
+                write_json_atomic(output_dir / "eval_results.json", eval_results)
         logger.info(f"epoch {record['epoch']}: dev accuracy {record['dev_accuracy']:.4f} macro-F1 "
                     f"{record['dev_macro_f1']:.4f}", main_process_only=True)
         if patience:
@@ -327,26 +283,19 @@ def run_classification(model_args, data_args, opt_args, run_args, preemption, ma
 
     # ---- stopped early: preempted or non-finite ----------------------------------------------------
     if stop in ("preempted", "nonfinite"):
-        accelerator.end_training()
-        if stop == "preempted":
-            if accelerator.is_main_process:
-                write_marker(marker_dir, train_state.step, preemption.signal_name())
-            logger.info(f"preempted ({preemption.signal_name()}): checkpoint at step {train_state.step} saved; "
-                        "rerun with --resume_from_checkpoint latest to continue", main_process_only=True)
-            return 0, None
-        logger.error(f"stopped at step {train_state.step}: non-finite loss or gradient (--nan_policy stop). The last "
-                     "checkpoint is saved; lower the learning rate or use bf16 instead of fp16.", main_process_only=True)
-        return 3, None
+        return stop_early(accelerator, stop, train_state.step, preemption, marker_dir), None
 
     # ---- final evaluation (of the best-dev model with early stopping) and export -------------------
     last_step = train_state.step
     if patience and "best_step" in train_state.extra:
-        load_checkpoint(accelerator, output_dir / "checkpoints" / "best" / checkpoint_name(train_state.extra["best_step"]))
+        best = checkpoint_name(train_state.extra["best_step"])
+        load_checkpoint(accelerator, output_dir / "checkpoints" / "best" / best)
     predictions, train_sentence_labels = [], [ex.label for ex in splits.train.sentences]
     eval_results.update(task="classification", model_name_or_path=model_args.model_name_or_path, splits={},
                         train_on=data_args.train_on, label_names=list(LABEL_NAMES), label_note=REVERSED_NOTE,
                         majority_class=max(range(NUM_CLASSES), key=lambda c: (train_sentence_labels.count(c), -c)),
-                        majority_baseline={k: majority_baseline(train_sentence_labels, [ex.label for ex in eval_sets[k]])
+                        majority_baseline={k: majority_baseline(train_sentence_labels,
+                                                                [ex.label for ex in eval_sets[k]])
                                            for k in ("dev", "test") if k in eval_sets},
                         last_step=last_step, data={"source": splits.source, "leakage_check": leakage,
                                                    "class_weights": weights})

@@ -24,7 +24,6 @@ null_odds.json (v2.0), tensorboard/, checkpoints/step_NNNNNN/, final/. Resume: -
 
 from __future__ import annotations
 
-import json
 import sys
 from pathlib import Path
 
@@ -33,7 +32,6 @@ if __package__ in (None, ""):  # `python train/finetune_qa.py`: make `train.comm
 
 import torch
 from accelerate.logging import get_logger
-from accelerate.utils import set_seed
 from transformers import AutoModelForQuestionAnswering
 
 import analysis.squad as squad_eval
@@ -41,26 +39,26 @@ from analysis.text_metrics import WordNetMissingError, text_metrics
 from train.common.args import ConfigError, OptimizationArguments, RunArguments, flat_config, parse_config
 from train.common.batching import accumulation_windows, step_seed
 from train.common.checkpointing import TrainState, save_checkpoint
-from train.common.distributed import (agree_on_flags, build_accelerator, check_replicas_in_sync, distributed_summary,
-                                     is_deepspeed)
+from train.common.distributed import agree_on_flags, check_replicas_in_sync, distributed_summary, is_deepspeed
 from train.common.errors import run_main
 from train.common.finetune_args import FinetuneModelArguments, QADataArguments
 from train.common.finetune_common import (FinetuneDataError, IntervalStats, PaddingCollator, build_eval_dataloader,
-                                         build_train_dataloader, evaluate_outputs, finetune_model_card,
-                                         load_model_for_task, masked_span_logits, model_inputs, output_path,
+                                         build_train_dataloader, check_max_seq_length, evaluate_outputs, finetune_model_card, from_hub,
+                                         keep_length_grouping, load_model_for_task, masked_span_logits, model_inputs,
                                          parameter_block, require_trained_head, rounded_epoch, span_nll,
-                                         squad_gold_from_examples, steps_or_fail)
+                                         squad_gold_from_examples, start_logging, start_run, steps_or_fail,
+                                         stop_early)
 from train.common.optim import build_optimizer, build_scheduler
-from train.common.preemption import PreemptionFlag, clear_marker, write_marker
+from train.common.preemption import PreemptionFlag
 from train.common.resume import resume_from_checkpoint
-from train.common.run_folder import (MetricsLogger, check_output_dir, clear_run_files, export_final_model,
-                                     load_eval_results, push_folder_to_hub, write_json_atomic, write_run_config)
+from train.common.run_folder import export_final_model, push_folder_to_hub, write_json_atomic, write_run_config
 from train.common.squad_data import (load_squad_hub, load_squad_json, postprocess_qa_predictions,
                                      prepare_eval_features, prepare_train_features, split_articles)
 from train.common.throughput import IntervalTimer
 
 logger = get_logger(__name__)
 ARGS = (FinetuneModelArguments, QADataArguments, OptimizationArguments, RunArguments)
+LOCAL_HINT = "Give the official SQuAD JSON files with --train_file and --validation_file (or --train_articles N)"
 
 
 def load_qa_data(data_args) -> tuple[list, list, dict, dict, bool]:
@@ -79,13 +77,15 @@ def load_qa_data(data_args) -> tuple[list, list, dict, dict, bool]:
     reports, train = {}, []
     if data_args.do_train:
         train, report = (load_squad_json(data_args.train_file, window) if data_args.train_file else
-                         load_squad_hub(data_args.dataset_name, "train", data_args.dataset_config_name, window))
+                         from_hub(load_squad_hub, data_args.dataset_name, "train", data_args.dataset_config_name,
+                                  window, local_hint=LOCAL_HINT))
         reports["train"] = report.to_dict()
     if data_args.validation_file:
         held, report = load_squad_json(data_args.validation_file, window)
         gold, derived = squad_eval.load_squad_json(data_args.validation_file), False
     else:
-        held, report = load_squad_hub(data_args.dataset_name, "validation", data_args.dataset_config_name, window)
+        held, report = from_hub(load_squad_hub, data_args.dataset_name, "validation", data_args.dataset_config_name,
+                                window, local_hint=LOCAL_HINT)
         gold, derived = squad_gold_from_examples(held, data_args.version()), True
     reports["validation"] = report.to_dict()
     return train, held, gold, reports, derived
@@ -96,10 +96,6 @@ def main(argv=None) -> int:
     model_args, data_args, opt_args, run_args = parse_config(ARGS, argv, description=__doc__)
     preemption = PreemptionFlag()  # before the slow set-up, so that an early signal is not lost
     config = flat_config(model_args, data_args, opt_args, run_args)
-    output_dir = output_path(run_args.output_dir)
-    if not data_args.do_train and run_args.resume_from_checkpoint:
-        raise ConfigError("--do_train false evaluates --model_name_or_path; it does not resume checkpoints")
-    check_output_dir(output_dir, config, run_args.resume_from_checkpoint, run_args.overwrite_output_dir)
     if data_args.aux_metrics:  # METEOR needs WordNet: fail now, not after training
         try:
             text_metrics(["a"], [["a"]])
@@ -107,15 +103,8 @@ def main(argv=None) -> int:
             raise ConfigError(f"{err} Or pass --aux_metrics false.") from None
 
     # ---- accelerator -------------------------------------------------------------------------
+    accelerator, output_dir = start_run(run_args, opt_args, config, data_args.do_train)
     gas = opt_args.gradient_accumulation_steps
-    accelerator = build_accelerator(run_args, gas, opt_args.max_grad_norm)
-    set_seed(run_args.seed)
-    if accelerator.is_main_process:
-        if run_args.overwrite_output_dir:
-            clear_run_files(output_dir)
-        output_dir.mkdir(parents=True, exist_ok=True)
-        clear_marker(output_dir)
-    accelerator.wait_for_everyone()
 
     # ---- data --------------------------------------------------------------------------------
     train_examples, eval_examples, gold, data_report, derived = load_qa_data(data_args)
@@ -129,11 +118,14 @@ def main(argv=None) -> int:
         raise FinetuneDataError(f"{impossible} questions of {source} have no answer (SQuAD v2.0): add "
                                 "--version_2_with_negative")
     eval_data_path = output_dir / "eval_data.json" if derived else Path(data_args.validation_file).resolve()
-    if derived and accelerator.is_main_process:
+    if accelerator.is_main_process and derived:  # the gold data the scores are computed on, for the analysis CLI
         write_json_atomic(eval_data_path, gold)
+    elif accelerator.is_main_process:
+        (output_dir / "eval_data.json").unlink(missing_ok=True)  # none from an earlier run in this folder
 
     # ---- model -------------------------------------------------------------------------------
     model, tokenizer, load_report = load_model_for_task(model_args, AutoModelForQuestionAnswering, run_args.seed)
+    check_max_seq_length(model, data_args.max_seq_length, model_args.model_name_or_path)
     windows = dict(max_seq_length=data_args.max_seq_length, doc_stride=data_args.doc_stride,
                    max_query_length=data_args.max_query_length)
 
@@ -165,11 +157,11 @@ def main(argv=None) -> int:
                                         opt_args.per_device_train_batch_size)
         total_steps, num_epochs = opt_args.total_steps(steps_per_epoch), opt_args.num_epochs(steps_per_epoch)
         lr_scheduler = build_scheduler(optimizer, opt_args, total_steps)
-    else:
+        eval_dataloader = accelerator.prepare(eval_dataloader)
+    else:  # evaluation only (DeepSpeed takes its batch size from the loader prepared with the model)
         require_trained_head(load_report, "qa_outputs")
-        model = accelerator.prepare(model)
+        model, eval_dataloader = accelerator.prepare(model, eval_dataloader)
         train_rows, steps_per_epoch, total_steps, num_epochs, lr_scheduler = [], 0, 0, 0, None
-    eval_dataloader = accelerator.prepare(eval_dataloader)
     train_state = TrainState(world_size=accelerator.num_processes,
                              per_device_batch_size=opt_args.per_device_train_batch_size)
     accelerator.register_for_checkpointing(*[x for x in (lr_scheduler, train_state) if x is not None])
@@ -179,6 +171,8 @@ def main(argv=None) -> int:
 
     # ---- resume ------------------------------------------------------------------------------
     resume_step = resume_from_checkpoint(accelerator, run_args, output_dir, train_state, model_signature)
+    if data_args.do_train:
+        keep_length_grouping(train_dataloader, train_state)
     skip_batches = train_state.batches_to_skip(accelerator.num_processes, opt_args.per_device_train_batch_size)
     train_state.world_size = accelerator.num_processes
     train_state.per_device_batch_size = opt_args.per_device_train_batch_size
@@ -190,12 +184,7 @@ def main(argv=None) -> int:
         write_run_config(output_dir, "qa", config, distributed, extra={
             "steps_per_epoch": steps_per_epoch, "total_steps": total_steps, "dataset_sizes": sizes,
             "eval_data": str(eval_data_path), "model_load": load_report, "resumed_from_step": resume_step})
-    metrics = MetricsLogger(accelerator, output_dir, resume_step)
-    eval_results = load_eval_results(output_dir, resume_step, "qa")
-    eval_results.pop("test")
-    if run_args.report_to == "tensorboard":
-        purge = {"tensorboard": {"purge_step": resume_step + 1}} if resume_step is not None else None
-        accelerator.init_trackers("tensorboard", init_kwargs=purge)
+    metrics, eval_results = start_logging(accelerator, run_args, output_dir, resume_step, "qa")
 
     def predict_answers() -> tuple[float, tuple]:
         out = evaluate_outputs(model, eval_dataloader, accelerator, len(eval_rows), lambda o, b: {
@@ -276,15 +265,8 @@ def main(argv=None) -> int:
                 stop = "preempted"
 
             if train_state.step % run_args.logging_steps == 0 or train_state.step == total_steps or stop:
-                record = stats.record(accelerator, timer.seconds_and_reset())
-                train_state.samples_seen += record.pop("_samples")
-                train_state.tokens_seen += record.pop("_tokens")
-                record.update(step=train_state.step, lr=lr_scheduler.get_last_lr()[0],
-                              epoch=rounded_epoch(epoch, train_state.batches_in_epoch, steps_per_epoch * gas),
-                              grad_norm=float(grad_norm) if grad_norm is not None else None)
-                metrics.log(record, prefix="train")
-                logger.info(f"step {train_state.step}/{total_steps} loss {record['loss']:.4f} lr {record['lr']:.2e} "
-                            f"{record['samples_per_second']:.1f} features/s", main_process_only=True)
+                stats.log(accelerator, metrics, timer.seconds_and_reset(), train_state, lr_scheduler.get_last_lr()[0],
+                          grad_norm, steps_per_epoch * gas, total_steps, "features")
             timer.pause()
             if (every and train_state.step % every == 0) or stop:
                 checkpoint()
@@ -307,6 +289,8 @@ def main(argv=None) -> int:
                       "eval_loss": last_eval[1], "exact_match": scores["exact_match"], "f1": scores["f1"]}
             eval_results["epochs"].append(record)
             metrics.log({"split": "validation", **record}, prefix="eval")
+            if accelerator.is_main_process:  # the epochs so far survive an interruption (resume reads them)
+                write_json_atomic(output_dir / "eval_results.json", eval_results)
             logger.info(f"epoch {record['epoch']}: EM {scores['exact_match']:.2f} F1 {scores['f1']:.2f}",
                         main_process_only=True)
         if run_args.checkpointing_steps == "epoch" and last_checkpoint_step != train_state.step:
@@ -318,16 +302,7 @@ def main(argv=None) -> int:
 
     # ---- stopped early: preempted or non-finite ----------------------------------------------------
     if stop is not None:
-        accelerator.end_training()
-        if stop == "preempted":
-            if accelerator.is_main_process:
-                write_marker(output_dir, train_state.step, preemption.signal_name())
-            logger.info(f"preempted ({preemption.signal_name()}): checkpoint at step {train_state.step} saved; "
-                        "rerun with --resume_from_checkpoint latest to continue", main_process_only=True)
-            return 0
-        logger.error(f"stopped at step {train_state.step}: non-finite loss or gradient (--nan_policy stop). The last "
-                     "checkpoint is saved; lower the learning rate or use bf16 instead of fp16.", main_process_only=True)
-        return 3
+        return stop_early(accelerator, stop, train_state.step, preemption, output_dir)
 
     # ---- final evaluation and export ---------------------------------------------------------
     if last_eval is None or last_eval[0] != train_state.step:
@@ -340,8 +315,8 @@ def main(argv=None) -> int:
                                             "exact_match and f1 are the SQuAD metrics", **auxiliary}
                         if auxiliary else None,
                         eval_data=str(eval_data_path), data_report=data_report, dataset_sizes=sizes,
-                        null_score_diff_threshold=data_args.null_score_diff_threshold if data_args.version_2_with_negative
-                        else None)
+                        null_score_diff_threshold=data_args.null_score_diff_threshold
+                        if data_args.version_2_with_negative else None)
     if accelerator.is_main_process:
         write_json_atomic(output_dir / "predictions.json", predictions)
         write_json_atomic(output_dir / "nbest.json", nbest)

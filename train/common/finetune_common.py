@@ -12,13 +12,17 @@
   example count (or class weight) over all ranks, as pretraining does for masked tokens.
 * `IntervalStats`: loss and throughput (samples/s, non-padding tokens/s, padding share) summed on the device and
   reduced across ranks only when logged.
-* `aggregate_seeds`: mean and sample standard deviation of per-seed results.
+* Run set-up and ending shared by both scripts: `start_run` (output folder check, accelerator, seed),
+  `start_logging` (metrics.jsonl, eval_results.json so far, TensorBoard), `stop_early` (preemption marker / non-finite
+  stop), `run_seeds` with `aggregate_seeds` (one run per seed, then mean and sample standard deviation).
 """
 
 from __future__ import annotations
 
 import hashlib
-import math
+import json
+import os
+from dataclasses import replace
 from pathlib import Path
 from typing import Any, Callable, Optional, Sequence
 
@@ -29,8 +33,12 @@ from accelerate.logging import get_logger
 from accelerate.utils import set_seed
 from torch.utils.data import DataLoader, Dataset, Sampler
 
-from .batching import build_dataloader
-from .run_folder import numeric_summary
+from .args import ConfigError, flat_config
+from .batching import build_dataloader, default_num_workers
+from .distributed import build_accelerator
+from .preemption import clear_marker, write_marker
+from .run_folder import (MetricsLogger, check_output_dir, clear_run_files, load_eval_results, numeric_summary,
+                         write_json_atomic, write_run_config)
 from .tokenizer import load_tokenizer
 
 logger = get_logger(__name__)
@@ -60,12 +68,15 @@ def load_model_for_task(model_args, auto_class, seed: int, **task_config):
     from transformers import AutoConfig
 
     name = model_args.model_name_or_path
-    hint = ("it is neither a local folder with config.json and weights (save_pretrained) nor a model the Hugging "
-            "Face Hub could provide (offline? pass a local folder, e.g. a pretraining run's final/)")
+    hint = ("give a local folder written by save_pretrained (config.json + weights, e.g. a pretraining run's final/) "
+            "or a hub id such as bert-base-uncased (needs the Hub or its local cache)")
+    if name.startswith((".", "/", "~")) and not Path(name).expanduser().is_dir():
+        raise FinetuneModelError(f"model {name!r}: no such local folder; {hint}")
     try:
         config = AutoConfig.from_pretrained(name, trust_remote_code=model_args.trust_remote_code, **task_config)
     except (OSError, ValueError) as err:
-        raise FinetuneModelError(f"model {name!r}: {hint}\n  cause: {str(err).splitlines()[0]}") from None
+        raise FinetuneModelError(f"model {name!r} could not be loaded ({' '.join(str(err).split())[:300]}); "
+                                 f"{hint}") from None
     for key, value in model_args.config_overrides().items():
         setattr(config, key, value)
     tokenizer = load_tokenizer(model_args.tokenizer_name or name, model_args.trust_remote_code)
@@ -80,12 +91,16 @@ def load_model_for_task(model_args, auto_class, seed: int, **task_config):
                                                  trust_remote_code=model_args.trust_remote_code)
     except (OSError, ValueError) as err:
         raise FinetuneModelError(f"model {name!r}: could not load weights as {auto_class.__name__}: "
-                                 f"{str(err).splitlines()[0]}") from None
+                                 f"{' '.join(str(err).split())[:300]}") from None
     report = {"source": str(name), "architecture": type(model).__name__,
               "newly_initialized": sorted(info.get("missing_keys", ())),
               "dropped": sorted(info.get("unexpected_keys", ())),
               "mismatched": sorted(str(k) for k in info.get("mismatched_keys", ()))}
-    encoder = [k for k in report["newly_initialized"] if k.startswith(model.base_model_prefix + ".")]
+    fresh = [k for k in report["newly_initialized"] if k.startswith(model.base_model_prefix + ".")]
+    encoder = [k for k in fresh if ".pooler." not in k]  # a checkpoint saved without pooler gets a new one
+    if len(fresh) > len(encoder):
+        logger.warning(f"model {name!r} has no pooler: it is newly initialised and trained with the head",
+                       main_process_only=True)
     if encoder:
         raise FinetuneModelError(f"model {name!r}: {len(encoder)} encoder tensors are missing from the checkpoint "
                                  f"(e.g. {encoder[:3]}); it is not a {config.model_type} checkpoint this script "
@@ -93,6 +108,29 @@ def load_model_for_task(model_args, auto_class, seed: int, **task_config):
     if model_args.torch_compile:
         getattr(model, model.base_model_prefix).compile()  # in place: parameter names stay unchanged
     return model, tokenizer, report
+
+
+def check_max_seq_length(model, max_seq_length: int, source: str) -> None:
+    """Windows longer than the model's position table would fail deep inside the embedding lookup."""
+    positions = getattr(model.config, "max_position_embeddings", None)
+    if positions is not None and max_seq_length > positions:
+        raise ConfigError(f"--max_seq_length {max_seq_length} is longer than model {source!r} can take "
+                          f"(max_position_embeddings {positions}); pass --max_seq_length {positions} or less")
+
+
+def from_hub(load: Callable, name: str, *args, local_hint: str):
+    """Run a hub dataset loader; failures that are not format errors (offline, unknown name, permissions) become
+    one clear error saying which local files to give instead."""
+    from .squad_data import SquadFormatError
+    from .sst_data import SSTFormatError
+    try:
+        return load(name, *args)
+    except (SSTFormatError, SquadFormatError):
+        raise
+    except Exception as err:  # the user's next step is the same whatever the cause
+        cause = " ".join(str(err).split())[:200]
+        raise FinetuneDataError(f"could not load the hub dataset {name!r} ({type(err).__name__}: {cause}). "
+                                f"Offline? {local_hint}") from None
 
 
 def require_trained_head(report: dict, head_prefix: str) -> None:
@@ -189,14 +227,17 @@ def _epoch_seed(seed: int, epoch: int) -> int:
 
 
 class LengthGroupedSampler(Sampler[int]):
-    """Indices of one epoch such that every global batch (per-device batch x processes, consecutive in this
-    order; accelerate hands its per-device parts to the ranks) holds examples of similar length.
+    """Indices of one epoch such that every global batch (per-device batch x processes x accumulation steps: the
+    examples of one optimizer step, consecutive in this order; accelerate hands the per-device parts to the ranks
+    and the loop to the micro-steps) holds examples of similar length.
 
     The epoch's permutation (seeded by seed and epoch) is cut into groups of `group_batches` global batches; each
     group is sorted by length (longest first) and cut into global batches; the batches are then shuffled with the
     same generator, and the one holding the longest example goes first (an out-of-memory shows at step 1). The
-    samples that do not fill a last global batch stay at the end, where drop_last removes them. The order is a
-    function of (seed, epoch, global batch size) only, so a resumed run sees the same batches."""
+    samples that do not fill a last global batch stay at the end, where the loaders' drop_last and the loop's
+    whole windows leave them out. The order is a function of (seed, epoch, global batch size) only: a resumed run
+    sees the same batches, and 2 processes x 4 or 1 x 4 x 2 accumulation steps take the same optimizer steps as
+    1 process x 8."""
 
     def __init__(self, lengths: Sequence[int], global_batch_size: int, seed: int, group_batches: int = 50):
         self.lengths, self.global_batch_size = list(lengths), global_batch_size
@@ -224,24 +265,35 @@ class LengthGroupedSampler(Sampler[int]):
         return iter([i for batch in batches for i in batch] + perm[full:])
 
 
+def keep_length_grouping(train_dataloader, train_state) -> None:
+    """The grouped order depends on the global batch size; a run resumed with another process count or batch size
+    keeps the first run's grouping, so that the skipped part of the resumed epoch is exactly what was consumed."""
+    batch_sampler = train_dataloader.batch_sampler
+    sampler = getattr(getattr(batch_sampler, "batch_sampler", batch_sampler), "sampler", None)
+    if isinstance(sampler, LengthGroupedSampler):
+        sampler.global_batch_size = train_state.extra.setdefault("length_group_batch", sampler.global_batch_size)
+
+
 def build_train_dataloader(features: Sequence[dict], collator, opt_args, run_args, data_args,
                            num_processes: int) -> DataLoader:
     dataset = ListDataset(features)
     if not data_args.group_by_length:
         return build_dataloader(dataset, collator, opt_args.per_device_train_batch_size, True,
                                 run_args.dataloader_num_workers, run_args.seed)
-    sampler = LengthGroupedSampler([len(f["input_ids"]) for f in features],
-                                   opt_args.per_device_train_batch_size * num_processes, run_args.seed)
+    global_batch = opt_args.per_device_train_batch_size * num_processes * opt_args.gradient_accumulation_steps
+    sampler = LengthGroupedSampler([len(f["input_ids"]) for f in features], global_batch, run_args.seed)
     return DataLoader(dataset, batch_size=opt_args.per_device_train_batch_size, sampler=sampler, drop_last=True,
-                      collate_fn=collator, num_workers=run_args.dataloader_num_workers,
+                      collate_fn=collator, num_workers=default_num_workers(run_args.dataloader_num_workers),
                       pin_memory=torch.cuda.is_available())
 
 
-def build_eval_dataloader(features: Sequence[dict], collator, batch_size: int, num_workers: int) -> DataLoader:
+def build_eval_dataloader(features: Sequence[dict], collator, batch_size: int,
+                          num_workers: Optional[int]) -> DataLoader:
     """Longest first (less padding); EvalCollector restores the original order from each item's `index`."""
     order = sorted(range(len(features)), key=lambda i: (-len(features[i]["input_ids"]), i))
     return DataLoader(ListDataset(features, order), batch_size=batch_size, shuffle=False, drop_last=False,
-                      collate_fn=collator, num_workers=num_workers, pin_memory=torch.cuda.is_available())
+                      collate_fn=collator, num_workers=default_num_workers(num_workers),
+                      pin_memory=torch.cuda.is_available())
 
 
 # ------------------------------------------------------------------------------------------------------- evaluate
@@ -332,8 +384,59 @@ class IntervalStats:
                 "padding_fraction": 1.0 - values["tokens"] / max(values["padded_tokens"], 1.0),
                 "_samples": int(values["samples"]), "_tokens": int(values["tokens"])}
 
+    def log(self, accelerator, metrics, seconds: float, train_state, lr: float, grad_norm, batches_per_epoch: int,
+            total_steps: int, unit: str) -> None:
+        """One metrics.jsonl / TensorBoard line for the interval that ends at this optimizer step."""
+        record = self.record(accelerator, seconds)
+        train_state.samples_seen += record.pop("_samples")
+        train_state.tokens_seen += record.pop("_tokens")
+        record.update(step=train_state.step, lr=lr, grad_norm=float(grad_norm) if grad_norm is not None else None,
+                      epoch=rounded_epoch(train_state.epoch, train_state.batches_in_epoch, batches_per_epoch))
+        metrics.log(record, prefix="train")
+        logger.info(f"step {train_state.step}/{total_steps} loss {record['loss']:.4f} lr {lr:.2e} "
+                    f"{record['samples_per_second']:.1f} {unit}/s", main_process_only=True)
+
 
 # --------------------------------------------------------------------------------------------------------- seeds
+
+
+def run_seeds(run_one: Callable, task_args: tuple, run_args, preemption, seeds: Sequence[int], task: str,
+              summarize: Callable[[dict], dict], shared: Callable[[dict], dict]) -> int:
+    """--seeds: `run_one(*task_args, run_args_for_the_seed, preemption, marker_dir)` -> (exit code, eval_results or
+    None) into OUTPUT_DIR/seed_N/ for each seed, then OUTPUT_DIR/eval_results.json = {"task", "seeds": {"runs":
+    [{"seed", "output_dir", **summarize(results)}], "mean", "std", "n"}, **shared(first seed's results)}.
+    With --resume_from_checkpoint latest, finished seeds are reused and an interrupted one resumes in its folder.
+    A preempted seed leaves OUTPUT_DIR/PREEMPTED (where the SLURM job looks) and ends the run with exit code 0."""
+    output_dir = output_path(run_args.output_dir)
+    config = flat_config(*task_args, run_args)
+    check_output_dir(output_dir, config, run_args.resume_from_checkpoint, run_args.overwrite_output_dir)
+    if run_args.resume_from_checkpoint not in (None, "latest"):
+        raise ConfigError("--seeds resumes every seed from its own folder: use --resume_from_checkpoint latest")
+    if run_args.push_to_hub:
+        raise ConfigError("--push_to_hub with --seeds would push every seed to one repository; push the seed you "
+                          "want later from OUTPUT_DIR/seed_N/final")
+    is_main = int(os.environ.get("RANK", "0")) == 0  # no accelerator exists between the seeds' runs
+    if is_main:
+        if run_args.overwrite_output_dir:
+            clear_run_files(output_dir)
+        write_run_config(output_dir, task, config, {"num_processes": int(os.environ.get("WORLD_SIZE", "1"))},
+                         extra={"seeds": list(seeds), "seed_folders": [f"seed_{s}" for s in seeds]})
+    runs, first = [], None
+    for seed in seeds:
+        seed_dir = output_dir / f"seed_{seed}"
+        done = seed_dir / "eval_results.json"
+        results = json.loads(done.read_text()) if run_args.resume_from_checkpoint and done.is_file() else {}
+        if not results.get("completed"):
+            code, results = run_one(*task_args, replace(run_args, seed=seed, output_dir=str(seed_dir)), preemption,
+                                    output_dir)
+            if results is None:
+                return code  # preempted (0) or stopped on a non-finite loss (3)
+        runs.append({"seed": seed, "output_dir": seed_dir.name, **summarize(results)})
+        first = first or results
+    if is_main:
+        write_json_atomic(output_dir / "eval_results.json", {"task": task, "seeds": aggregate_seeds(runs),
+                                                             **shared(first)})
+    return 0
 
 
 def aggregate_seeds(runs: list[dict]) -> dict:
@@ -360,9 +463,54 @@ def finetune_model_card(title: str, tags: str, config: dict, load_report: dict, 
              f"Dropped from the checkpoint: {', '.join(load_report['dropped']) or 'nothing'}.", "",
              "| metric | value |", "|---|---|"]
     for key, value in headline.items():
-        lines.append(f"| {key} | {'n/a' if value is None else (f'{value:.4f}' if isinstance(value, float) else value)} |")
+        shown = "n/a" if value is None else (f"{value:.4f}" if isinstance(value, float) else value)
+        lines.append(f"| {key} | {shown} |")
     lines += ["", *notes, ""]
     return "\n".join(lines)
+
+
+def start_run(run_args, opt_args, config: dict, do_train: bool, marker_dir: Optional[Path] = None):
+    """Check the output folder (before anything is written), build the accelerator, seed, prepare the folder.
+    Returns (accelerator, output_dir). `marker_dir` holds PREEMPTED (default: the output folder)."""
+    output_dir = output_path(run_args.output_dir)
+    if not do_train and run_args.resume_from_checkpoint:
+        raise ConfigError("--do_train false evaluates --model_name_or_path; it does not resume checkpoints")
+    check_output_dir(output_dir, config, run_args.resume_from_checkpoint, run_args.overwrite_output_dir)
+    accelerator = build_accelerator(run_args, opt_args.gradient_accumulation_steps, opt_args.max_grad_norm)
+    set_seed(run_args.seed)
+    if accelerator.is_main_process:
+        if run_args.overwrite_output_dir:
+            clear_run_files(output_dir)
+        output_dir.mkdir(parents=True, exist_ok=True)
+        clear_marker(marker_dir or output_dir)
+    accelerator.wait_for_everyone()
+    return accelerator, output_dir
+
+
+def start_logging(accelerator, run_args, output_dir: Path, resume_step: Optional[int], task: str):
+    """(MetricsLogger, eval_results so far): on resume both keep only what the resumed step had written."""
+    metrics = MetricsLogger(accelerator, output_dir, resume_step)
+    eval_results = load_eval_results(output_dir, resume_step, task)
+    eval_results.pop("test", None)
+    if run_args.report_to == "tensorboard":
+        purge = {"tensorboard": {"purge_step": resume_step + 1}} if resume_step is not None else None
+        accelerator.init_trackers("tensorboard", init_kwargs=purge)
+    return metrics, eval_results
+
+
+def stop_early(accelerator, stop: str, step: int, preemption, marker_dir: Path) -> int:
+    """After the checkpoint of a preempted (exit 0, PREEMPTED marker for the SLURM job to requeue) or non-finite
+    (exit 3) stop."""
+    accelerator.end_training()
+    if stop == "preempted":
+        if accelerator.is_main_process:
+            write_marker(marker_dir, step, preemption.signal_name())
+        logger.info(f"preempted ({preemption.signal_name()}): checkpoint at step {step} saved; rerun with "
+                    "--resume_from_checkpoint latest to continue", main_process_only=True)
+        return 0
+    logger.error(f"stopped at step {step}: non-finite loss or gradient (--nan_policy stop). The last checkpoint is "
+                 "saved; lower the learning rate or use bf16 instead of fp16.", main_process_only=True)
+    return 3
 
 
 def steps_or_fail(num_batches: int, gas: int, examples: int, num_processes: int, batch_size: int) -> int:
@@ -375,10 +523,6 @@ def steps_or_fail(num_batches: int, gas: int, examples: int, num_processes: int,
 
 def rounded_epoch(epoch: int, batches_in_epoch: int, batches_per_epoch: int) -> float:
     return round(epoch + batches_in_epoch / max(batches_per_epoch, 1), 4)
-
-
-def finite_or_none(value: float) -> Optional[float]:
-    return value if isinstance(value, float) and math.isfinite(value) else None
 
 
 def output_path(path) -> Path:

@@ -7,6 +7,7 @@ file + rename) so a crash never leaves a half-written JSON or model folder behin
 from __future__ import annotations
 
 import datetime as _dt
+import inspect
 import json
 import math
 import os
@@ -19,6 +20,7 @@ from pathlib import Path
 from typing import Any, Iterable, Optional
 
 import yaml
+from transformers import PreTrainedModel
 
 # Options that change how a run is operated, not what it computes: they may differ on resume.
 OPERATIONAL_KEYS = frozenset({
@@ -189,6 +191,12 @@ def strip_wrapper_prefix(state_dict: dict[str, Any], prefix: str = "model.") -> 
     return state_dict
 
 
+# transformers >= 5 may "revert" to legacy key names on save (LayerNorm.gamma/beta, seen after a ZeRO-3 load):
+# every reader then needs the renaming table. Save the names the model has now.
+CURRENT_KEY_NAMES = ({"save_original_format": False}
+                     if "save_original_format" in inspect.signature(PreTrainedModel.save_pretrained).parameters else {})
+
+
 def export_final_model(accelerator, model, hf_model, tokenizer, final_dir: Path, model_card: str,
                        extra_files: Optional[dict[str, str]] = None) -> None:
     """save_pretrained (safetensors) + tokenizer + model card into final/, atomically.
@@ -199,7 +207,7 @@ def export_final_model(accelerator, model, hf_model, tokenizer, final_dir: Path,
     if accelerator.is_main_process:
         tmp = final_dir.with_name(f".tmp-{final_dir.name}")
         shutil.rmtree(tmp, ignore_errors=True)
-        hf_model.save_pretrained(str(tmp), state_dict=state_dict, safe_serialization=True)
+        hf_model.save_pretrained(str(tmp), state_dict=state_dict, safe_serialization=True, **CURRENT_KEY_NAMES)
         if tokenizer is not None:
             tokenizer.save_pretrained(str(tmp))
         write_text_atomic(tmp / "README.md", redact(model_card))
