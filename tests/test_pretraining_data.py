@@ -171,3 +171,24 @@ def test_real_wikitext_articles(bert_tokenizer):
     titles = [line for line in lines if pd.is_wikitext_title(line)]
     assert len(ranges) == len(titles) == 62  # one document per article
     assert lines[ranges[0][0]] == " = Robert Boulter = "
+
+
+def test_held_out_documents_keep_file_order_and_number_two_at_least_for_nsp(tmp_path):
+    path = write_wikitext_corpus(tmp_path / "c.raw", articles=20, seed=6)
+    corpus = pd.load_corpus(_data_args(train_file=str(path), validation_split_percentage=5), seed=3)
+    starts = {split: corpus.ranges[split]["start"] for split in ("train", "validation")}
+    assert len(starts["validation"]) == 2  # 5% of 20 is 1, but NSP needs a second document for random B
+    for split, values in starts.items():
+        # A map batch of consecutive documents then reads one block of lines, not the whole file.
+        assert values == sorted(values), split
+    assert not set(starts["train"]) & set(starts["validation"])
+    mlm_only = pd.load_corpus(_data_args(train_file=str(path), validation_split_percentage=5, nsp=False), seed=3)
+    assert len(mlm_only.ranges["validation"]) == 1
+
+
+def test_token_ids_match_the_tokenizer_call_even_with_truncation_in_tokenizer_json(bert_tokenizer):
+    texts = ["The 2,000-seat hall opened in 1.5 years .", "Ünïcode and  spaces", "x " * 700, ""]
+    expected = bert_tokenizer(texts, add_special_tokens=False)["input_ids"]
+    bert_tokenizer.backend_tokenizer.enable_truncation(max_length=16)  # as some saved tokenizer.json files have
+    assert pd.token_ids(bert_tokenizer, texts) == expected
+    assert len(expected[2]) == 700

@@ -19,14 +19,17 @@ import hashlib
 import random
 import re
 from dataclasses import dataclass
+from itertools import chain
 from typing import Iterable, Iterator, Optional, Sequence
 
 import datasets
 from datasets.fingerprint import Hasher
 
 # Bump when instance creation changes so stale caches are not reused.
-PREPROCESSING_VERSION = 3
-DOCS_PER_MAP_BATCH = 256
+PREPROCESSING_VERSION = 4
+# Documents per map batch: bounds the memory of one batch (its text, ids and instances) whatever the corpus
+# size, while leaving enough other documents to draw random B segments from.
+DOCS_PER_MAP_BATCH = 64
 
 _SENTENCE_END = re.compile(r"(?<=[.!?])\s+(?=[\"'(\[]?\s?[A-Z0-9])")
 _WIKITEXT_MARKERS = ((" @-@ ", "-"), (" @,@ ", ","), (" @.@ ", "."))
@@ -115,13 +118,20 @@ def iter_lines(line_dataset: datasets.Dataset, batch_size: int = 10_000) -> Iter
 # ---------------------------------------------------------------------------------------------
 
 def _truncate_pair(tokens_a: list[int], tokens_b: list[int], max_tokens: int, rng: random.Random) -> None:
-    while len(tokens_a) + len(tokens_b) > max_tokens:
-        longer = tokens_a if len(tokens_a) > len(tokens_b) else tokens_b
-        # Cutting from a random end avoids always losing sentence endings.
-        if rng.random() < 0.5:
-            del longer[0]
+    """Drop one token at a time from the longer segment, from a random end (always cutting the end would
+    always lose sentence endings). The choices are made on counts, then each list is sliced once."""
+    cut = {"a": [0, 0], "b": [0, 0]}  # tokens dropped from the front, from the back
+    len_a, len_b = len(tokens_a), len(tokens_b)
+    while len_a + len_b > max_tokens:
+        side = "a" if len_a > len_b else "b"
+        cut[side][0 if rng.random() < 0.5 else 1] += 1
+        if side == "a":
+            len_a -= 1
         else:
-            longer.pop()
+            len_b -= 1
+    for tokens, (front, back) in ((tokens_a, cut["a"]), (tokens_b, cut["b"])):
+        if front or back:
+            tokens[:] = tokens[front: len(tokens) - back]
 
 
 def _target_length(max_tokens: int, short_seq_prob: float, rng: random.Random) -> int:
@@ -148,7 +158,7 @@ def nsp_instances_from_document(doc_index: int, documents: Sequence[Sequence[lis
                 i += 1
                 chunk.append(document[i])
             a_end = 1 if len(chunk) < 2 else rng.randint(1, len(chunk) - 1)
-            tokens_a = [t for segment in chunk[:a_end] for t in segment]
+            tokens_a = list(chain.from_iterable(chunk[:a_end]))
             if len(chunk) == 1 or want_random:
                 is_random_next = 1
                 target_b = max(1, target - len(tokens_a))
@@ -165,7 +175,7 @@ def nsp_instances_from_document(doc_index: int, documents: Sequence[Sequence[lis
                 i -= len(chunk) - a_end
             else:
                 is_random_next = 0
-                tokens_b = [t for segment in chunk[a_end:] for t in segment]
+                tokens_b = list(chain.from_iterable(chunk[a_end:]))
             _truncate_pair(tokens_a, tokens_b, max_tokens, rng)
             if tokens_a and tokens_b:
                 instances.append((tokens_a, tokens_b, is_random_next))
@@ -179,7 +189,7 @@ def mlm_instances_from_document(document: Sequence[list[int]], max_seq_length: i
                                 rng: random.Random) -> list[list[int]]:
     """Contiguous sentence runs filling max_seq_length - 2 tokens (MLM-only pretraining)."""
     max_tokens = max_seq_length - 2
-    flat = [t for segment in document for t in segment]
+    flat = list(chain.from_iterable(document))
     chunks = []
     pos = 0
     while pos < len(flat):
@@ -213,6 +223,25 @@ INSTANCE_FEATURES_MLM = datasets.Features({
 })
 
 
+def token_ids(tokenizer, texts: list[str]) -> list[list[int]]:
+    """Token ids without special tokens, as `tokenizer(texts, add_special_tokens=False)["input_ids"]` gives them.
+
+    A fast tokenizer's Rust backend is called directly (`encode_batch_fast` skips the character offsets we do
+    not need): the Python wrapper around it costs about as much again as the tokenisation itself."""
+    backend = getattr(tokenizer, "backend_tokenizer", None)
+    if backend is None:  # a slow (Python) tokenizer
+        return tokenizer(texts, add_special_tokens=False, return_attention_mask=False,
+                         return_token_type_ids=False)["input_ids"]
+    # A tokenizer.json may carry truncation/padding settings; the wrapper switches them off for every call
+    # without truncation=/padding= arguments, and so do we.
+    if backend.truncation:
+        backend.no_truncation()
+    if backend.padding:
+        backend.no_padding()
+    encode = getattr(backend, "encode_batch_fast", backend.encode_batch)
+    return [encoding.ids for encoding in encode(texts, add_special_tokens=False)]
+
+
 class _InstanceBuilder:
     """The batched map function: document ranges -> instances. Picklable for num_proc > 1."""
 
@@ -230,8 +259,7 @@ class _InstanceBuilder:
         per_doc = [document_sentences(block[s - offset: e - offset], self.settings.wikitext)
                    for s, e in zip(starts, ends)]
         flat = [s for doc in per_doc for s in doc]
-        ids = self.tokenizer(flat, add_special_tokens=False, return_attention_mask=False,
-                             return_token_type_ids=False)["input_ids"] if flat else []
+        ids = token_ids(self.tokenizer, flat) if flat else []
         documents, k = [], 0
         for doc in per_doc:
             documents.append([x for x in ids[k: k + len(doc)] if x])
@@ -387,12 +415,16 @@ def load_corpus(data_args, seed: int) -> Corpus:
         raise DataError(f"{where}: the training text contains no documents (only blank lines or headings)")
     if "validation" not in ranges and data_args.validation_split_percentage > 0:
         n_docs = len(train_ranges)
-        n_val = max(1, round(n_docs * data_args.validation_split_percentage / 100))
+        # NSP draws random B segments from another document: a held-out split needs two at least.
+        n_val = max(2 if data_args.nsp else 1, round(n_docs * data_args.validation_split_percentage / 100))
         if n_docs - n_val < 2:
             raise DataError(f"{where}: {n_docs} document(s) are too few to hold out {n_val} for validation; give "
                             "--validation_file, more text, or --validation_split_percentage 0")
-        held_out = train_ranges.train_test_split(test_size=n_val, seed=seed, shuffle=True)
-        ranges["train"], ranges["validation"] = held_out["train"], held_out["test"]
+        order = list(range(n_docs))
+        random.Random(f"{seed}-held-out").shuffle(order)
+        # Each side stays in file order: a map batch then reads one contiguous block of lines, not the corpus.
+        ranges["validation"] = train_ranges.select(sorted(order[:n_val]))
+        ranges["train"] = train_ranges.select(sorted(order[n_val:]))
         lines["validation"] = raw["train"]
     return Corpus(lines=lines, ranges=ranges, boundary=boundary)
 

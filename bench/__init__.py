@@ -1,0 +1,1 @@
+"""Benchmarks: our training/eval/preprocessing code against what users would otherwise run -> JSON."""

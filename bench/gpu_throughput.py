@@ -1,0 +1,384 @@
+"""The parts of bench/gpu_check.sh, one process each, plus the summary. Needs torch + transformers +
+accelerate + pyyaml only (the GPU machine has no `datasets`, no vocabulary and no data files).
+
+    python -m bench.gpu_throughput --part pretrain_ours --out bench_out/pretrain_ours.json
+    python -m bench.gpu_throughput --part pretrain_ours --device cpu --tiny --simulate_no_datasets   # dry run
+    python -m bench.gpu_throughput --summarize bench_out --out bench_out/gpu_check.json
+
+Parts (bert-base, seq 128, batch 256, bf16 autocast, SDPA, fused AdamW, 4 loader workers on both sides):
+  pretrain_ours           the REAL train/pretrain.py main() on synthetic full-length NSP instances; only its
+                          data functions (load_corpus, obtain_tokenizer, build_pretraining_datasets) are replaced.
+                          Throughput and MFU come from its metrics.jsonl (logged every 10 steps, first 2 intervals
+                          dropped); MFU uses train.common.throughput's formula and peak table.
+  pretrain_trainer        Trainer(BertForPreTraining) on the same instances with our PretrainingCollator, timed per
+                          step by a TrainerCallback (first 20 steps dropped); MFU from the same formula.
+  squad_ours              the REAL train/finetune_qa.py main() (squad_bert_base.yaml recipe: 384-token windows,
+                          doc_stride 128) on a synthetic SQuAD v1.1 file, with a random-init bert-base QA checkpoint
+                          and a synthetic WordPiece vocabulary written to a temporary folder; batch 32.
+  pretrain_ours_compiled  pretrain_ours with --torch_compile (the encoder compiled in place).
+Without `datasets`, a placeholder module stands in while train.pretrain is imported (pretraining_data imports
+it at module level); nothing of it runs, because the data functions are replaced.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import shutil
+import sys
+import tempfile
+import time
+import types
+from pathlib import Path
+from typing import Any
+
+if __package__ in (None, ""):
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+PARTS = ("pretrain_ours", "pretrain_trainer", "squad_ours", "pretrain_ours_compiled")
+MFU_TARGET = 0.45
+BERT_BASE = {"hidden_size": 768, "num_hidden_layers": 12, "num_attention_heads": 12, "intermediate_size": 3072,
+             "max_position_embeddings": 512}
+TINY = {"hidden_size": 64, "num_hidden_layers": 2, "num_attention_heads": 2, "intermediate_size": 256,
+        "max_position_embeddings": 512}
+
+
+def plan(args) -> dict[str, Any]:
+    if args.tiny:
+        return {"model": TINY, "seq": 32, "batch": args.batch_size or 8, "steps": 8, "log_every": 2,
+                "warmup_intervals": 1, "squad_seq": 128, "squad_stride": 32, "squad_query": 32,
+                "squad_batch": 4, "squad_steps": 6, "squad_log_every": 2, "articles": 6, "workers": args.workers}
+    return {"model": BERT_BASE, "seq": 128, "batch": args.batch_size or 256, "steps": 60, "log_every": 10,
+            "warmup_intervals": 2, "squad_seq": 384, "squad_stride": 128, "squad_query": 64, "squad_batch": 32,
+            "squad_steps": 40, "squad_log_every": 5, "articles": 62, "workers": args.workers}
+
+
+# ---------------------------------------------------------------------------------------------
+# Importing train.pretrain without `datasets`
+# ---------------------------------------------------------------------------------------------
+
+class _Placeholder:
+    def __init__(self, *args, **kwargs):
+        pass
+
+
+def import_pretrain_module():
+    try:
+        import datasets  # noqa: F401  (present: nothing to stand in for)
+        import train.pretrain as module
+        return module, "datasets installed"
+    except ImportError:
+        pass
+    missing = object()
+    saved = {name: sys.modules.get(name, missing) for name in ("datasets", "datasets.fingerprint")}
+    stub, fingerprint = types.ModuleType("datasets"), types.ModuleType("datasets.fingerprint")
+    for name in ("Features", "Sequence", "Value", "Dataset", "DatasetDict"):
+        setattr(stub, name, _Placeholder)
+    fingerprint.Hasher = _Placeholder
+    stub.fingerprint = fingerprint
+    sys.modules.update({"datasets": stub, "datasets.fingerprint": fingerprint})
+    try:
+        import train.pretrain as module
+    finally:
+        for name, value in saved.items():
+            if value is missing:
+                sys.modules.pop(name, None)
+            else:
+                sys.modules[name] = value
+    return module, "datasets absent: a placeholder stood in while train.pretrain was imported"
+
+
+def patch_pretrain_data(module, vocab, train_instances) -> None:
+    """Replace the script's data functions (everything before the DataLoader) by synthetic data."""
+    module.load_corpus = lambda data_args, seed: types.SimpleNamespace(boundary="synthetic")
+    module.obtain_tokenizer = lambda data_args, corpus, output_dir, is_main_process: vocab
+    module.build_pretraining_datasets = lambda corpus, tokenizer, data_args, seed: {"train": train_instances}
+
+
+# ---------------------------------------------------------------------------------------------
+# Parts
+# ---------------------------------------------------------------------------------------------
+
+def pretrain_argv(p: dict[str, Any], compiled: bool) -> list[str]:
+    argv = [x for k, v in p["model"].items() for x in (f"--{k}", str(v))]
+    argv += ["--max_seq_length", str(p["seq"]), "--per_device_train_batch_size", str(p["batch"]),
+             "--max_train_steps", str(p["steps"]), "--logging_steps", str(p["log_every"]),
+             "--checkpointing_steps", "none", "--report_to", "none", "--dataloader_num_workers", str(p["workers"]),
+             "--learning_rate", "1e-4", "--warmup_ratio", "0.01", "--seed", "42"]
+    return argv + (["--torch_compile"] if compiled else [])
+
+
+def memory_record(device: str) -> dict[str, Any]:
+    import torch
+
+    from bench.common import peak_rss_mib
+    if device == "cuda":
+        return {"peak_gpu_memory_allocated_gib": torch.cuda.max_memory_allocated() / 2 ** 30,
+                "peak_gpu_memory_reserved_gib": torch.cuda.max_memory_reserved() / 2 ** 30}
+    return {"peak_rss_mib": peak_rss_mib()}
+
+
+def flops_per_full_sample(bert_config, seq: int, mlm_probability: float = 0.15) -> float:
+    """Model FLOPs of one full-length synthetic instance (all [CLS] A [SEP] B [SEP] of seq tokens): the
+    collator masks round(p * (seq - 3)) ordinary tokens of each."""
+    from train.common.throughput import bert_training_flops
+    masked = max(1, int(round((seq - 3) * mlm_probability)))
+    return bert_training_flops(bert_config, seq, seq * seq, masked)
+
+
+def part_pretrain_ours(args, p, compiled: bool) -> dict[str, Any]:
+    import torch
+
+    from bench.common import (SyntheticBertVocab, mixed_precision_env, read_jsonl, restored_signal_handlers,
+                              stdout_to_stderr, synthetic_nsp_instances, summarize)
+    module, import_note = import_pretrain_module()
+    vocab = SyntheticBertVocab()
+    patch_pretrain_data(module, vocab, synthetic_nsp_instances((p["steps"] + 2) * p["batch"], p["seq"], vocab))
+    run_dir = Path(tempfile.mkdtemp(prefix="gpu-pretrain-"))
+    start = time.perf_counter()
+    try:
+        with mixed_precision_env(args.precision), stdout_to_stderr(), restored_signal_handlers():
+            rc = module.main(pretrain_argv(p, compiled) + ["--output_dir", str(run_dir), "--overwrite_output_dir"])
+        if rc != 0:
+            raise RuntimeError(f"train/pretrain.py main() returned {rc}")
+        lines = sorted((l for l in read_jsonl(run_dir / "metrics.jsonl") if "split" not in l), key=lambda l: l["step"])
+    finally:
+        shutil.rmtree(run_dir, ignore_errors=True)
+    steady = lines[p["warmup_intervals"]:]
+    mfus = [l["mfu"] for l in steady if l.get("mfu") is not None]
+    return {"what": "train/pretrain.py main() (real loop), synthetic data" + (", --torch_compile" if compiled else ""),
+            "import_note": import_note, "samples_per_second": summarize([l["samples_per_second"] for l in steady]),
+            "tokens_per_second": summarize([l["tokens_per_second"] for l in steady]),
+            "mfu": summarize(mfus) if mfus else None, "steps": p["steps"],
+            "steps_measured": len(steady) * p["log_every"], "loss_first_last": [lines[0]["loss"], lines[-1]["loss"]],
+            "wall_seconds_incl_setup_and_export": time.perf_counter() - start,
+            **memory_record("cuda" if torch.cuda.is_available() else "cpu")}
+
+
+def part_pretrain_trainer(args, p) -> dict[str, Any]:
+    import torch
+
+    from bench.common import SyntheticBertVocab, synthetic_nsp_instances, summarize
+    from bench.pretrain_throughput import parse_pretrain_args, run_trainer
+    from train.common.pretraining_model import build_bert_config
+    from train.common.throughput import peak_tflops_for
+    vocab = SyntheticBertVocab()
+    instances = synthetic_nsp_instances((p["steps"] + 2) * p["batch"], p["seq"], vocab)
+    parsed = parse_pretrain_args(pretrain_argv(p, compiled=False))
+    out_dir = Path(tempfile.mkdtemp(prefix="gpu-trainer-"))
+    start = time.perf_counter()
+    run = run_trainer(parsed, instances, vocab, args.precision, p["steps"], p["warmup_intervals"] * p["log_every"],
+                      "ours", out_dir)
+    sps = run["samples_per_second"]
+    flops = flops_per_full_sample(build_bert_config(parsed[0], len(vocab), vocab), p["seq"])
+    device_name = torch.cuda.get_device_name(0) if torch.cuda.is_available() else "cpu"
+    peak = peak_tflops_for(device_name)
+    return {"what": "Trainer(BertForPreTraining) + our PretrainingCollator, same instances",
+            "optimizer": run["optimizer"], "samples_per_second": summarize(sps),
+            "tokens_per_second": summarize([s * p["seq"] for s in sps]),
+            "mfu": summarize([s * flops / (peak * 1e12) for s in sps]) if peak else None,
+            "steps": p["steps"], "steps_measured": len(sps),
+            "wall_seconds_incl_setup": time.perf_counter() - start,
+            **memory_record("cuda" if torch.cuda.is_available() else "cpu")}
+
+
+def _word(i: int) -> str:
+    letters = "abcdefghijklmnopqrstuvwxyz"
+    out = "q"
+    while True:
+        out += letters[i % 26]
+        i //= 26
+        if i == 0:
+            return out
+
+
+def write_squad_assets(folder: Path, p, seed: int = 0) -> tuple[Path, Path, int]:
+    """A WordPiece vocabulary of bert-base's size and layout, a random-init BertForQuestionAnswering saved with
+    it, and a SQuAD v1.1 file of p['articles'] articles x 5 paragraphs x 5 questions with 100-330-word contexts."""
+    import random
+
+    from tokenizers import BertWordPieceTokenizer
+    from transformers import BertConfig, BertForQuestionAnswering, BertTokenizerFast
+    vocab_size = 30522
+    tokens = ["[PAD]"] + [f"[unused{i}]" for i in range(99)] + ["[UNK]", "[CLS]", "[SEP]", "[MASK]"]
+    tokens += [f"[unused{i}]" for i in range(99, 99 + 999 - len(tokens))]
+    words = [_word(i) for i in range(vocab_size - len(tokens))]
+    tokens += words
+    backend = BertWordPieceTokenizer({t: i for i, t in enumerate(tokens)}, lowercase=True)
+    tokenizer = BertTokenizerFast(tokenizer_object=backend._tokenizer, do_lower_case=True, unk_token="[UNK]",
+                                  sep_token="[SEP]", pad_token="[PAD]", cls_token="[CLS]", mask_token="[MASK]")
+    model_dir = folder / "model"
+    config = BertConfig(vocab_size=vocab_size, **p["model"])
+    BertForQuestionAnswering(config).save_pretrained(str(model_dir))
+    tokenizer.save_pretrained(str(model_dir))
+    rng = random.Random(seed)
+    data = []
+    for a in range(p["articles"]):
+        paragraphs = []
+        for g in range(5):
+            context_words = [rng.choice(words) for _ in range(rng.randint(100, 330))]
+            context = " ".join(context_words)
+            qas = []
+            for q in range(5):
+                start = rng.randrange(len(context_words) - 4)
+                length = rng.randint(1, 4)
+                answer = " ".join(context_words[start:start + length])
+                char = len(" ".join(context_words[:start])) + (1 if start else 0)
+                question = " ".join(rng.choice(words) for _ in range(rng.randint(6, 20)))
+                qas.append({"id": f"a{a}p{g}q{q}", "question": question,
+                            "answers": [{"text": answer, "answer_start": char}]})
+            paragraphs.append({"context": context, "qas": qas})
+        data.append({"title": f"article {a}", "paragraphs": paragraphs})
+    squad_file = folder / "synthetic-squad-v1.1.json"
+    squad_file.write_text(json.dumps({"version": "1.1", "data": data}))
+    return model_dir, squad_file, p["articles"] - 2
+
+
+def part_squad_ours(args, p) -> dict[str, Any]:
+    import torch
+
+    from bench.common import mixed_precision_env, read_jsonl, restored_signal_handlers, stdout_to_stderr, summarize
+    from train.common.throughput import peak_tflops_for
+    folder = Path(tempfile.mkdtemp(prefix="gpu-squad-"))
+    start = time.perf_counter()
+    try:
+        model_dir, squad_file, train_articles = write_squad_assets(folder, p)
+        import train.finetune_qa as module
+        argv = ["--model_name_or_path", str(model_dir), "--train_file", str(squad_file), "--train_articles",
+                str(train_articles), "--max_seq_length", str(p["squad_seq"]), "--doc_stride", str(p["squad_stride"]),
+                "--max_query_length", str(p["squad_query"]), "--per_device_train_batch_size", str(p["squad_batch"]),
+                "--per_device_eval_batch_size", "64", "--learning_rate", "3e-5", "--warmup_ratio", "0.1",
+                "--max_train_steps", str(p["squad_steps"]), "--logging_steps", str(p["squad_log_every"]),
+                "--checkpointing_steps", "none", "--report_to", "none", "--max_eval_samples", "16",
+                "--aux_metrics", "false", "--dataloader_num_workers", str(p["workers"]), "--seed", "42",
+                "--output_dir", str(folder / "run"), "--overwrite_output_dir"]
+        with mixed_precision_env(args.precision), stdout_to_stderr(), restored_signal_handlers():
+            rc = module.main(argv)
+        if rc != 0:
+            raise RuntimeError(f"train/finetune_qa.py main() returned {rc}")
+        lines = sorted((l for l in read_jsonl(folder / "run" / "metrics.jsonl")
+                        if "split" not in l and "samples_per_second" in l), key=lambda l: l["step"])
+    finally:
+        shutil.rmtree(folder, ignore_errors=True)
+    steady = lines[1:] if len(lines) > 1 else lines
+    h, i, layers = p["model"]["hidden_size"], p["model"]["intermediate_size"], p["model"]["num_hidden_layers"]
+    device_name = torch.cuda.get_device_name(0) if torch.cuda.is_available() else "cpu"
+    peak = peak_tflops_for(device_name)
+    approx = []
+    for l in steady:
+        mean_len = l["tokens_per_second"] / l["samples_per_second"]
+        flops_per_s = 3 * (l["tokens_per_second"] * layers * (8 * h * h + 4 * h * i)
+                           + l["samples_per_second"] * layers * 4 * h * mean_len ** 2)
+        approx.append(flops_per_s / (peak * 1e12) if peak else None)
+    return {"what": "train/finetune_qa.py main() (real loop), synthetic SQuAD v1.1 file, random-init bert-base",
+            "max_seq_length": p["squad_seq"], "doc_stride": p["squad_stride"], "batch_size": p["squad_batch"],
+            "features_per_second": summarize([l["samples_per_second"] for l in steady]),
+            "tokens_per_second": summarize([l["tokens_per_second"] for l in steady]),
+            "padding_fraction": [l.get("padding_fraction") for l in steady],
+            "approx_mfu": summarize(approx) if peak else None,
+            "approx_mfu_note": "encoder FLOPs from tokens/s with the attention term at the mean feature length",
+            "steps": p["squad_steps"], "wall_seconds_incl_setup": time.perf_counter() - start,
+            **memory_record("cuda" if torch.cuda.is_available() else "cpu")}
+
+
+# ---------------------------------------------------------------------------------------------
+# Summary
+# ---------------------------------------------------------------------------------------------
+
+def summarize_folder(folder: Path, out: str | None) -> int:
+    from bench.common import emit, safe_ratio, target
+    parts = {}
+    for name in PARTS:
+        path = folder / f"{name}.json"
+        try:
+            parts[name] = json.loads(path.read_text())
+        except (OSError, json.JSONDecodeError) as err:
+            parts[name] = {"failed": True, "error": f"{path.name}: {err}"}
+
+    def median(part: str, key: str):
+        value = parts.get(part, {}).get(key)
+        return value.get("median") if isinstance(value, dict) else None
+
+    ours, trainer = median("pretrain_ours", "samples_per_second"), median("pretrain_trainer", "samples_per_second")
+    targets = [target("MFU of our pretraining loop (bert-base, seq 128, bf16, eager)", median("pretrain_ours", "mfu"),
+                      MFU_TARGET),
+               target("MFU of our pretraining loop with --torch_compile", median("pretrain_ours_compiled", "mfu"),
+                      MFU_TARGET, note="the same target for the compiled encoder"),
+               target("ours/Trainer pretraining samples per second (eager)", safe_ratio(ours, trainer), 1.0,
+                      note="no number in the issue; ours must simply not be slower")]
+    env = next((parts[p].get("environment") for p in PARTS if isinstance(parts[p].get("environment"), dict)), None)
+    result = {"benchmark": "gpu_check", "environment": env,
+              "settings": next((parts[p].get("settings") for p in PARTS if parts[p].get("settings")), None),
+              "pretrain": {"ours_samples_per_second": ours, "trainer_samples_per_second": trainer,
+                           "ratio": safe_ratio(ours, trainer),
+                           "ours_compiled_samples_per_second": median("pretrain_ours_compiled", "samples_per_second"),
+                           "ours_mfu": median("pretrain_ours", "mfu"), "trainer_mfu": median("pretrain_trainer", "mfu"),
+                           "ours_compiled_mfu": median("pretrain_ours_compiled", "mfu")},
+              "squad": {"features_per_second": median("squad_ours", "features_per_second"),
+                        "tokens_per_second": median("squad_ours", "tokens_per_second"),
+                        "approx_mfu": median("squad_ours", "approx_mfu")},
+              "parts": parts, "targets": targets,
+              "target_met": all(t["target_met"] for t in targets)}
+    emit(result, out)
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--part", choices=PARTS)
+    parser.add_argument("--summarize", metavar="FOLDER", help="Merge FOLDER/<part>.json into one JSON.")
+    parser.add_argument("--device", choices=("cuda", "cpu"), default="cuda")
+    parser.add_argument("--tiny", action="store_true", help="A tiny shape and few steps (CPU dry run).")
+    parser.add_argument("--simulate_no_datasets", action="store_true",
+                        help="Make `import datasets` fail, as on the GPU machine (dry runs here).")
+    parser.add_argument("--precision", choices=("bf16", "fp32"), default="bf16")
+    parser.add_argument("--batch_size", type=int, default=None, help="Pretraining batch (default 256; tiny 8).")
+    parser.add_argument("--workers", type=int, default=4, help="DataLoader workers, both sides.")
+    parser.add_argument("--out", default=None)
+    return parser
+
+
+def main(argv=None) -> int:
+    args = build_parser().parse_args(argv)
+    if args.summarize:
+        return summarize_folder(Path(args.summarize), args.out)
+    if not args.part:
+        raise SystemExit("give --part NAME or --summarize FOLDER")
+    if args.simulate_no_datasets:
+        sys.modules["datasets"] = None  # `import datasets` now fails; find_spec reports it missing
+    if args.device == "cpu":
+        os.environ["CUDA_VISIBLE_DEVICES"] = ""
+    from bench.common import emit, environment, quiet_libraries, set_offline_env
+    set_offline_env()
+    quiet_libraries()
+    import torch
+    if args.device == "cuda" and not torch.cuda.is_available():
+        raise SystemExit("--device cuda but torch sees no GPU (torch.cuda.is_available() is False)")
+    if args.device == "cuda":
+        torch.cuda.reset_peak_memory_stats()
+    p = plan(args)
+    started = time.perf_counter()
+    if args.part == "pretrain_ours":
+        measured = part_pretrain_ours(args, p, compiled=False)
+    elif args.part == "pretrain_ours_compiled":
+        measured = part_pretrain_ours(args, p, compiled=True)
+    elif args.part == "pretrain_trainer":
+        measured = part_pretrain_trainer(args, p)
+    else:
+        measured = part_squad_ours(args, p)
+    from train.common.throughput import peak_tflops_for
+    device_name = torch.cuda.get_device_name(0) if args.device == "cuda" else "cpu"
+    result = {"part": args.part, "settings": {"model": p["model"], "vocab_size": 30522, "seq_len": p["seq"],
+                                              "batch_size": p["batch"], "precision": args.precision,
+                                              "attn_implementation": "sdpa", "sparse_mlm_head": True,
+                                              "optimizer": "AdamW fused on CUDA (train.common.optim)",
+                                              "dataloader_num_workers": p["workers"], "tiny": args.tiny,
+                                              "peak_tflops": peak_tflops_for(device_name)},
+              "environment": environment(args.device), "seconds": time.perf_counter() - started, **measured}
+    emit(result, args.out)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
