@@ -192,3 +192,16 @@ def test_token_ids_match_the_tokenizer_call_even_with_truncation_in_tokenizer_js
     bert_tokenizer.backend_tokenizer.enable_truncation(max_length=16)  # as some saved tokenizer.json files have
     assert pd.token_ids(bert_tokenizer, texts) == expected
     assert len(expected[2]) == 700
+
+
+def test_instances_do_not_depend_on_the_number_of_worker_processes(tmp_path, bert_tokenizer):
+    path = write_wikitext_corpus(tmp_path / "c.raw", articles=40, seed=8, paragraphs=2)  # 3 groups of documents
+    built = {}
+    for workers in (1, 2):
+        args = _data_args(train_file=str(path), validation_split_percentage=0, max_seq_length=64,
+                          preprocessing_num_workers=workers, overwrite_cache=True)
+        splits = pd.build_pretraining_datasets(pd.load_corpus(args, 0), bert_tokenizer, args, seed=0)
+        built[workers] = splits["train"][:]
+    assert built[1] == built[2] and len(built[1]["input_ids"]) > 0
+    assert pd.default_preprocessing_workers(None, groups=1) is None  # no pool for one group
+    assert pd.default_preprocessing_workers(1, groups=10) is None and pd.default_preprocessing_workers(3, 10) == 3

@@ -28,7 +28,7 @@ from train.common.args import (OptimizationArguments, PretrainingDataArguments, 
 from train.common.batching import accumulation_windows, build_dataloader, step_seed
 from train.common.checkpointing import TrainState, save_checkpoint
 from train.common.distributed import (agree_on_flags, build_accelerator, check_replicas_in_sync, distributed_summary,
-                                     is_deepspeed)
+                                     is_deepspeed, zero3_init_as_configured)
 from train.common.errors import run_main
 from train.common.masking import IndexedDataset, PretrainingCollator
 from train.common.optim import build_optimizer, build_scheduler
@@ -112,8 +112,9 @@ def main(argv=None) -> int:
 
     # ---- model -------------------------------------------------------------------------------
     bert_config = build_bert_config(model_args, len(tokenizer), tokenizer)
-    model = PretrainingObjective(build_pretraining_model(bert_config, model_args.attn_implementation),
-                                 sparse_mlm_head=model_args.sparse_mlm_head, nsp=data_args.nsp)
+    with zero3_init_as_configured(accelerator):
+        model = PretrainingObjective(build_pretraining_model(bert_config, model_args.attn_implementation),
+                                     sparse_mlm_head=model_args.sparse_mlm_head, nsp=data_args.nsp)
     if model_args.torch_compile:
         model.model.bert.compile()  # in place: parameter names (and checkpoints) stay unchanged
 

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import datetime as _dt
 import os
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -91,6 +92,26 @@ def distributed_summary(accelerator: Accelerator, gradient_accumulation_steps: i
 
 def is_deepspeed(accelerator: Accelerator) -> bool:
     return accelerator.distributed_type == DistributedType.DEEPSPEED
+
+
+@contextmanager
+def zero3_init_as_configured(accelerator: Accelerator):
+    """Build a model here: it is initialised in full on every rank unless the accelerate config sets
+    `zero3_init_flag: true`.
+
+    Accelerate registers DeepSpeed's config with transformers whatever that flag says, and transformers then
+    initialises under `deepspeed.zero.Init`, partition by partition, so one seed gives other weights than under
+    DDP or ZeRO-2. A BERT fits on every rank; the same seed should give the same model on every backend."""
+    plugin = accelerator.state.deepspeed_plugin if is_deepspeed(accelerator) else None
+    if plugin is None or plugin.zero3_init_flag:
+        yield
+        return
+    from transformers.integrations import unset_hf_deepspeed_config
+    unset_hf_deepspeed_config()
+    try:
+        yield
+    finally:
+        plugin.set_deepspeed_weakref()  # saving and loading under ZeRO-3 need it back
 
 
 def output_path(run_args) -> Path:

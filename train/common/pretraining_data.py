@@ -1,21 +1,22 @@
 """Raw text -> documents -> sentences -> pretraining instances, with `datasets` caching.
 
 Documents are contiguous line ranges of a line dataset (one row per line, as `load_dataset("text")`
-and the hub's wikitext give). A cheap streaming pass finds the ranges; one batched, cached
-`datasets.map` over the ranges then splits sentences, tokenises them (one fast-tokenizer call per
-batch) and builds instances. Everything stays in memory-mapped Arrow files, so a corpus larger
-than RAM works, and `--validation_split_percentage` can hold out whole documents by splitting
-the small range table.
+and the hub's wikitext give). A cheap streaming pass finds the ranges; a cached `datasets.map` over
+groups of consecutive documents (one worker process per CPU core) then splits sentences, tokenises
+them (one call of the Rust tokenizer per group) and builds instances. Everything stays in
+memory-mapped Arrow files, so a corpus larger than RAM works, and `--validation_split_percentage`
+can hold out whole documents by splitting the small range table.
 
 NSP instances follow the original BERT data creation: segment A is 1..n-1 consecutive sentences
 of a chunk filling a target length (shorter with probability short_seq_prob); B is the true
 continuation half of the time, otherwise sentences from a different document (drawn from the
-other documents of the same map batch); the longer segment is truncated from a random end.
+other documents of the same group); the longer segment is truncated from a random end.
 """
 
 from __future__ import annotations
 
 import hashlib
+import os
 import random
 import re
 from dataclasses import dataclass
@@ -26,10 +27,12 @@ import datasets
 from datasets.fingerprint import Hasher
 
 # Bump when instance creation changes so stale caches are not reused.
-PREPROCESSING_VERSION = 4
-# Documents per map batch: bounds the memory of one batch (its text, ids and instances) whatever the corpus
-# size, while leaving enough other documents to draw random B segments from.
-DOCS_PER_MAP_BATCH = 64
+PREPROCESSING_VERSION = 5
+# Documents per group, the unit of instance creation: bounds the memory of one map call (its text, ids and
+# instances) whatever the corpus size, leaves enough other documents to draw random B segments from, and
+# makes enough groups for the map's worker processes.
+DOCS_PER_GROUP = 16
+DOCS_PER_MAP_BATCH = 64  # for streaming passes over documents (tokenizer training)
 
 _SENTENCE_END = re.compile(r"(?<=[.!?])\s+(?=[\"'(\[]?\s?[A-Z0-9])")
 _WIKITEXT_MARKERS = ((" @-@ ", "-"), (" @,@ ", ","), (" @.@ ", "."))
@@ -243,7 +246,10 @@ def token_ids(tokenizer, texts: list[str]) -> list[list[int]]:
 
 
 class _InstanceBuilder:
-    """The batched map function: document ranges -> instances. Picklable for num_proc > 1."""
+    """The map function: one group of consecutive documents -> its instances. Picklable for num_proc > 1.
+
+    A group's instances depend on its documents, the seed and the group's index only, so they are the same
+    whatever the number of worker processes and however the map shards the groups."""
 
     def __init__(self, lines: datasets.Dataset, ranges: datasets.Dataset, tokenizer, settings: InstanceSettings,
                  split: str):
@@ -268,19 +274,27 @@ class _InstanceBuilder:
 
     def __call__(self, batch, indices):
         s = self.settings
-        rng = random.Random(f"{s.seed}-{self.split}-{indices[0]}")
-        own = [d for d in self._tokenized_documents(batch["start"], batch["end"]) if d]
+        out = {"input_ids": [], "token_type_ids": []}
+        if s.nsp:
+            out["next_sentence_label"] = []
+        for starts, ends, group in zip(batch["starts"], batch["ends"], indices):
+            self._add_group(out, starts, ends, group)
+        return out
+
+    def _add_group(self, out: dict, starts: list[int], ends: list[int], group: int) -> None:
+        s = self.settings
+        rng = random.Random(f"{s.seed}-{self.split}-{group}")
+        own = [d for d in self._tokenized_documents(starts, ends) if d]
         pool = list(own)  # documents random B segments may come from; own ones first
         if s.nsp and len(own) == 1:
-            # A lone document in this batch still needs a different document for random B segments.
-            neighbour = indices[0] - 1 if indices[0] > 0 else indices[-1] + 1
+            # A lone document in its group still needs a different document for random B segments.
+            first = group * DOCS_PER_GROUP
+            neighbour = first - 1 if first > 0 else first + len(starts)
             if neighbour < len(self.ranges):
                 row = self.ranges[neighbour]
                 pool += [d for d in self._tokenized_documents([row["start"]], [row["end"]]) if d]
         cls_id, sep_id = self.tokenizer.cls_token_id, self.tokenizer.sep_token_id
-        out = {"input_ids": [], "token_type_ids": []}
         if s.nsp:
-            out["next_sentence_label"] = []
             if own and len(pool) < 2:
                 raise DataError(f"split '{self.split}': next sentence prediction needs at least two documents; "
                                 "give more text or pass --no_nsp")
@@ -295,7 +309,28 @@ class _InstanceBuilder:
                 for chunk in mlm_instances_from_document(document, s.max_seq_length, s.short_seq_prob, rng):
                     out["input_ids"].append([cls_id, *chunk, sep_id])
                     out["token_type_ids"].append([0] * (len(chunk) + 2))
-        return out
+
+
+def document_groups(ranges: datasets.Dataset) -> datasets.Dataset:
+    """Consecutive documents in groups of DOCS_PER_GROUP: one row (starts, ends) per group."""
+    starts, ends = ranges["start"], ranges["end"]
+    cuts = range(0, len(starts), DOCS_PER_GROUP)
+    groups = datasets.Dataset.from_dict(
+        {"starts": [starts[i: i + DOCS_PER_GROUP] for i in cuts], "ends": [ends[i: i + DOCS_PER_GROUP] for i in cuts]},
+        features=datasets.Features({"starts": datasets.Sequence(datasets.Value("int64")),
+                                    "ends": datasets.Sequence(datasets.Value("int64"))}))
+    groups._fingerprint = Hasher.hash((ranges._fingerprint, DOCS_PER_GROUP, "groups"))
+    return groups
+
+
+def default_preprocessing_workers(requested: Optional[int], groups: int) -> Optional[int]:
+    """--preprocessing_num_workers, else one process per available CPU core (at most 8): instance creation is
+    mostly Python, so processes are what scale it. None (no pool) when only one would run."""
+    if requested is not None:
+        return requested if requested > 1 else None
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+    workers = min(cores, 8, groups)
+    return workers if workers > 1 else None
 
 
 def tokenizer_fingerprint(tokenizer) -> str:
@@ -315,13 +350,17 @@ def build_instances(lines: datasets.Dataset, ranges: datasets.Dataset, tokenizer
                         "segments from a different document, so it needs at least two (give more text, raise "
                         "--validation_split_percentage, or pass --no_nsp)")
     builder = _InstanceBuilder(lines, ranges, tokenizer, settings, split)
+    groups = document_groups(ranges)
     fingerprint = Hasher.hash((PREPROCESSING_VERSION, lines._fingerprint, ranges._fingerprint,
                                tokenizer_fingerprint(tokenizer), settings, split))
     features = INSTANCE_FEATURES_NSP if settings.nsp else INSTANCE_FEATURES_MLM
-    return ranges.map(builder, batched=True, batch_size=DOCS_PER_MAP_BATCH, with_indices=True,
-                      remove_columns=ranges.column_names, features=features, num_proc=num_proc,
-                      new_fingerprint=fingerprint, load_from_cache_file=not overwrite_cache,
-                      desc=f"Building {split} instances")
+    num_proc = default_preprocessing_workers(num_proc, len(groups))
+    if num_proc:
+        # Forked workers cannot use the tokenizer's own threads (it warns and turns them off): say so up front.
+        os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+    return groups.map(builder, batched=True, batch_size=1, with_indices=True, remove_columns=groups.column_names,
+                      features=features, num_proc=num_proc, new_fingerprint=fingerprint,
+                      load_from_cache_file=not overwrite_cache, desc=f"Building {split} instances")
 
 
 def ranges_dataset(lines: datasets.Dataset, boundary: str) -> tuple[datasets.Dataset, str]:
