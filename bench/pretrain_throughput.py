@@ -109,9 +109,9 @@ def parse_pretrain_args(argv: list[str]):
                         argv + ["--output_dir", "unused"])
 
 
-def fused_adamw_everywhere(module) -> None:
-    """What-if for --ours_fused_adamw: train.common.optim.build_optimizer with fused=True on CPU too (torch has
-    a fused CPU AdamW; the Trainer's default optimizer, adamw_torch_fused, uses it)."""
+def unfused_adamw(module) -> None:
+    """What-if for --ours_unfused_adamw: train.common.optim.build_optimizer with fused=False (the per-tensor
+    foreach AdamW our loop used on CPU before; fused is the default now, as in the Trainer's adamw_torch_fused)."""
     import torch
 
     from train.common.optim import parameter_groups
@@ -119,19 +119,19 @@ def fused_adamw_everywhere(module) -> None:
     def build_optimizer(model, opt_args, device):
         return torch.optim.AdamW(parameter_groups(model, opt_args.weight_decay), lr=opt_args.learning_rate,
                                  betas=(opt_args.adam_beta1, opt_args.adam_beta2), eps=opt_args.adam_epsilon,
-                                 fused=True)
+                                 fused=False)
     module.build_optimizer = build_optimizer
 
 
-def run_ours(argv: list[str], run_dir: Path, precision: str, warmup: int, fused_adamw: bool = False,
+def run_ours(argv: list[str], run_dir: Path, precision: str, warmup: int, unfused_adamw: bool = False,
              batch_size: int = 0) -> dict[str, Any]:
     import train.pretrain
     from train.pretrain import main
     original, original_timer = train.pretrain.build_optimizer, train.pretrain.IntervalTimer
     timer_class = cpu_timed_interval_timer(original_timer)
     train.pretrain.IntervalTimer = timer_class
-    if fused_adamw:
-        fused_adamw_everywhere(train.pretrain)
+    if unfused_adamw:
+        unfused_adamw(train.pretrain)
     reset_accelerate_state()
     with mixed_precision_env(precision), stdout_to_stderr(), restored_signal_handlers():
         try:
@@ -220,9 +220,9 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--no_sparse_mlm_head", dest="sparse_mlm_head", action="store_false",
                         help="Run our loop with the dense MLM head (to see what the sparse head buys).")
     parser.add_argument("--torch_compile", action="store_true", help="Compile the encoder on both sides.")
-    parser.add_argument("--ours_fused_adamw", action="store_true",
-                        help="WHAT-IF, not the script as it is: our loop with fused AdamW on CPU too (the "
-                             "change recommended for train/common/optim.py).")
+    parser.add_argument("--ours_unfused_adamw", action="store_true",
+                        help="WHAT-IF, not the script as it is: our loop with the per-tensor (foreach) AdamW "
+                             "instead of the fused one (what it used on CPU before).")
     parser.add_argument("--dataloader_num_workers", type=int, default=0)
     parser.add_argument("--seed", type=int, default=42)
     parser.add_argument("--workdir", default=None, help="Scratch folder (default: a temporary one, removed).")
@@ -268,7 +268,7 @@ def main(argv=None) -> int:
                 print(f"[pretrain_throughput] repeat {rep + 1}/{args.repeats}: {side}", file=sys.stderr, flush=True)
                 probe = machine_probe() if not torch.cuda.is_available() else None
                 if side == "ours":
-                    run = run_ours(argv, scratch / f"ours-{rep}", args.precision, args.warmup, args.ours_fused_adamw,
+                    run = run_ours(argv, scratch / f"ours-{rep}", args.precision, args.warmup, args.ours_unfused_adamw,
                                    batch_size)
                     ours_runs.append(run)
                 else:
@@ -299,7 +299,7 @@ def main(argv=None) -> int:
             "batch_size": batch_size, "seq_len": data_args.max_seq_length, "precision": args.precision,
             "steps_per_run": args.steps, "warmup_steps_dropped": args.warmup, "repeats": args.repeats,
             "sparse_mlm_head": args.sparse_mlm_head, "torch_compile": args.torch_compile,
-            "ours_fused_adamw_what_if": args.ours_fused_adamw,
+            "ours_unfused_adamw_what_if": args.ours_unfused_adamw,
             "baseline_collator": args.baseline_collator, "dataloader_num_workers": args.dataloader_num_workers,
             "train_file": str(args.train_file), "train_instances": len(splits["train"]),
             "attn_implementation": model_args.attn_implementation,
@@ -307,7 +307,7 @@ def main(argv=None) -> int:
         "environment": environment("cuda" if torch.cuda.is_available() else "cpu"),
         "ours": {
             "what": "train/pretrain.py main() in-process, samples_per_second per step from its metrics.jsonl"
-                    + (" -- WHAT-IF: build_optimizer patched to fused AdamW" if args.ours_fused_adamw else ""),
+                    + (" -- WHAT-IF: build_optimizer patched to unfused (foreach) AdamW" if args.ours_unfused_adamw else ""),
             "samples_per_second": summarize(ours_sps),
             "tokens_per_second": summarize([v for r in ours_runs for v in r["tokens_per_second"]]),
             "per_repeat_median": [statistics.median(r["samples_per_second"]) for r in ours_runs],

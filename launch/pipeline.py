@@ -46,10 +46,14 @@ def stage_commands(args) -> dict[str, list[list[str]]]:
     pretrained = str(runs / "pretrain" / "final")
     if args.smoke:
         pretrain = ["--config", "train/configs/smoke.yaml", "--train_file", str(args.wikitext_file or SMOKE_DATA["wikitext"])]
+        # The smoke presets are tuned for a pretrained MiniLM; the smoke pretraining gives a tiny, barely trained
+        # BERT, which needs a 10x learning rate, and on SST the phrase labels, to learn more than the majority class.
         sst = ["--config", "train/configs/sst_smoke.yaml", "--sst_trees_dir", str(args.sst_trees_dir or SMOKE_DATA["sst_trees"]),
-               "--max_train_samples", "3000", "--num_train_epochs", "2"]
+               "--train_on", "phrases", "--max_train_samples", "30000", "--num_train_epochs", "1",
+               "--learning_rate", "1e-3"]
         squad = ["--config", "train/configs/squad_smoke.yaml", "--train_file", str(args.squad_file or SMOKE_DATA["squad"]),
                  "--train_articles", "40", "--max_train_samples", "3000", "--num_train_epochs", "1",
+                 "--learning_rate", "1e-3",
                  # the smoke model was pretrained on 128-token instances (its position table ends there)
                  "--max_seq_length", "128", "--doc_stride", "32", "--max_query_length", "32"]
     else:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import torch
 from transformers import get_scheduler
 
+FUSED_ADAMW_DEVICES = ("cuda", "cpu", "xpu")
 NO_DECAY_SUFFIXES = ("bias", "LayerNorm.weight", "LayerNorm.bias", "layer_norm.weight", "layer_norm.bias")
 
 
@@ -18,8 +19,9 @@ def parameter_groups(model: torch.nn.Module, weight_decay: float) -> list[dict]:
 
 
 def build_optimizer(model: torch.nn.Module, opt_args, device: torch.device) -> torch.optim.AdamW:
-    # The fused kernel is one launch per step instead of one per tensor; only on accelerators.
-    fused = device.type == "cuda"
+    # The fused kernel updates every tensor in one pass instead of a chain of per-tensor ops: one launch per step
+    # on GPUs, and on CPUs (torch >= 2.4) about a fifth of a bert-base step saved (bench/README.md).
+    fused = device.type in FUSED_ADAMW_DEVICES
     return torch.optim.AdamW(parameter_groups(model, opt_args.weight_decay), lr=opt_args.learning_rate,
                              betas=(opt_args.adam_beta1, opt_args.adam_beta2), eps=opt_args.adam_epsilon,
                              fused=fused)
