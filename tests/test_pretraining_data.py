@@ -203,5 +203,6 @@ def test_instances_do_not_depend_on_the_number_of_worker_processes(tmp_path, ber
         splits = pd.build_pretraining_datasets(pd.load_corpus(args, 0), bert_tokenizer, args, seed=0)
         built[workers] = splits["train"][:]
     assert built[1] == built[2] and len(built[1]["input_ids"]) > 0
-    assert pd.default_preprocessing_workers(None, groups=1) is None  # no pool for one group
+    assert pd.default_preprocessing_workers(None, groups=10) is None  # no pool unless asked for
+    assert pd.default_preprocessing_workers(4, groups=1) is None  # nor for one group
     assert pd.default_preprocessing_workers(1, groups=10) is None and pd.default_preprocessing_workers(3, 10) == 3

@@ -252,7 +252,7 @@ class PretrainingDataArguments:
     train_tokenizer: Optional[int] = _help("Train an uncased WordPiece vocabulary of this size on the training "
                                            "split instead of loading --tokenizer_name.", default=None)
     preprocessing_num_workers: Optional[int] = _help(
-        "Processes for building instances (datasets.map); default: one per CPU core, at most 8.", default=None)
+        "Processes for building instances (datasets.map); none by default (worth it with many cores).", default=None)
     overwrite_cache: bool = _help("Rebuild the cached preprocessing.", default=False)
     max_train_samples: Optional[int] = _help("Use only the first N training instances.", default=None)
     max_eval_samples: Optional[int] = _help("Use only the first N validation/test instances.", default=None)

@@ -2,7 +2,7 @@
 
 Documents are contiguous line ranges of a line dataset (one row per line, as `load_dataset("text")`
 and the hub's wikitext give). A cheap streaming pass finds the ranges; a cached `datasets.map` over
-groups of consecutive documents (one worker process per CPU core) then splits sentences, tokenises
+groups of consecutive documents (`--preprocessing_num_workers` processes) then splits sentences, tokenises
 them (one call of the Rust tokenizer per group) and builds instances. Everything stays in
 memory-mapped Arrow files, so a corpus larger than RAM works, and `--validation_split_percentage`
 can hold out whole documents by splitting the small range table.
@@ -324,13 +324,13 @@ def document_groups(ranges: datasets.Dataset) -> datasets.Dataset:
 
 
 def default_preprocessing_workers(requested: Optional[int], groups: int) -> Optional[int]:
-    """--preprocessing_num_workers, else one process per available CPU core (at most 8): instance creation is
-    mostly Python, so processes are what scale it. None (no pool) when only one would run."""
-    if requested is not None:
-        return requested if requested > 1 else None
-    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
-    workers = min(cores, 8, groups)
-    return workers if workers > 1 else None
+    """--preprocessing_num_workers when it asks for a pool that has work for two processes at least, else None.
+
+    No pool by default: on 2 cores the tokenizer's own threads already use both, and a pool's start-up cost
+    more than the Python part it parallelised (bench/README.md); with many cores, ask for workers."""
+    if requested is None or requested < 2 or groups < 2:
+        return None
+    return min(requested, groups)
 
 
 def tokenizer_fingerprint(tokenizer) -> str:
