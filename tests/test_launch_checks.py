@@ -40,3 +40,26 @@ def test_clipping_set_twice_must_agree(monkeypatch):
     accelerator.state.deepspeed_plugin.deepspeed_config = {"gradient_clipping": "auto"}
     check_launch(accelerator, True, 0.5)
     assert accelerator.state.deepspeed_plugin.deepspeed_config["gradient_clipping"] == 0.5
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("how", ["python_script", "accelerate_script", "accelerate_module"])
+def test_the_three_documented_invocations_train_and_export(how, corpus_dir, tmp_path):
+    """`python train/pretrain.py`, `accelerate launch train/pretrain.py`, `accelerate launch -m train.pretrain`."""
+    import shutil
+    import subprocess
+    import sys
+
+    from tests.conftest import REPO, launch_env, pretrain_args
+
+    out = tmp_path / how
+    args = pretrain_args(corpus_dir, out, "--max_train_steps", "2", "--checkpointing_steps", "none")
+    accelerate = ([shutil.which("accelerate"), "launch"] if shutil.which("accelerate")
+                  else [sys.executable, "-m", "accelerate.commands.launch"])
+    accelerate += ["--config_file", str(REPO / "accelerate_configs" / "cpu.yaml")]
+    cmd = {"python_script": [sys.executable, "train/pretrain.py"],
+           "accelerate_script": accelerate + ["train/pretrain.py"],
+           "accelerate_module": accelerate + ["-m", "train.pretrain"]}[how]
+    proc = subprocess.run(cmd + args, cwd=REPO, env=launch_env(), capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stderr[-4000:]
+    assert (out / "final" / "model.safetensors").is_file() and (out / "eval_results.json").is_file()
