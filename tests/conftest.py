@@ -6,6 +6,7 @@ folder, so tests never depend on what an earlier run left behind.
 
 from __future__ import annotations
 
+import json
 import os
 import random
 import sys
@@ -80,6 +81,25 @@ TINY_MODEL = ["--hidden_size", "32", "--num_hidden_layers", "2", "--num_attentio
 def pretrain_args(corpus: Path, output_dir: Path, *extra: str) -> list[str]:
     return [*TINY_MODEL, "--tokenizer_name", str(corpus / "tokenizer"), "--train_file", str(corpus / "train.raw"), "--validation_file", str(corpus / "valid.raw"),
             "--test_file", str(corpus / "test.raw"), "--output_dir", str(output_dir), *extra]
+
+
+def read_jsonl(path: Path) -> list[dict]:
+    return [json.loads(line) for line in path.read_text().splitlines()]
+
+
+def final_tensors(run: Path) -> dict:
+    from safetensors.torch import load_file
+    return load_file(str(run / "final" / "model.safetensors"))
+
+
+def assert_same_tensors(a: dict, b: dict, exact=True, atol=0.0):
+    import torch
+    assert a.keys() == b.keys()
+    for key in a:
+        if exact:
+            assert torch.equal(a[key], b[key]), f"{key} differs"
+        else:
+            torch.testing.assert_close(a[key], b[key], atol=atol, rtol=0, msg=key)
 
 
 def reset_accelerate_state() -> None:

@@ -14,7 +14,8 @@ import torch
 import yaml
 from safetensors.torch import load_file
 
-from tests.conftest import REPO, free_port, launch_env, reset_accelerate_state
+from tests.conftest import (REPO, assert_same_tensors, final_tensors, free_port, launch_env, read_jsonl,
+                            reset_accelerate_state)
 
 FIX = REPO / "tests" / "fixtures" / "sst"
 WORDS = {0: ["awful", "terrible", "horrible"], 1: ["dull", "boring", "weak"], 2: ["ordinary", "average", "plain"],
@@ -82,21 +83,10 @@ def sst_trees(tmp_path_factory) -> Path:
     return write_sst_trees(tmp_path_factory.mktemp("sst_trees"))
 
 
-def read_jsonl(path: Path) -> list[dict]:
-    return [json.loads(line) for line in path.read_text().splitlines()]
 
 
-def final_tensors(run: Path) -> dict:
-    return load_file(str(run / "final" / "model.safetensors"))
 
 
-def assert_same_tensors(a: dict, b: dict, exact=True, atol=0.0):
-    assert a.keys() == b.keys()
-    for key in a:
-        if exact:
-            assert torch.equal(a[key], b[key]), f"{key} differs"
-        else:
-            torch.testing.assert_close(a[key], b[key], atol=atol, rtol=0, msg=key)
 
 
 def without(rows: list[dict], keys=THROUGHPUT + ("padding_fraction",)) -> list[dict]:

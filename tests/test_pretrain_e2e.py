@@ -3,33 +3,20 @@
 import json
 import math
 import shutil
-from pathlib import Path
 
 import pytest
 import torch
 import yaml
-from safetensors.torch import load_file
 
-from tests.conftest import pretrain_args, run_pretrain
+from tests.conftest import assert_same_tensors, final_tensors, pretrain_args, read_jsonl, run_pretrain
 
 pytestmark = pytest.mark.slow
 
 
-def read_jsonl(path: Path) -> list[dict]:
-    return [json.loads(line) for line in path.read_text().splitlines()]
 
 
-def final_tensors(run: Path) -> dict[str, torch.Tensor]:
-    return load_file(str(run / "final" / "model.safetensors"))
 
 
-def assert_same_tensors(a: dict, b: dict, exact=True, atol=0.0):
-    assert a.keys() == b.keys()
-    for key in a:
-        if exact:
-            assert torch.equal(a[key], b[key]), f"{key} differs"
-        else:
-            torch.testing.assert_close(a[key], b[key], atol=atol, rtol=0, msg=key)
 
 
 @pytest.fixture(scope="module")

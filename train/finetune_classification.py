@@ -39,13 +39,14 @@ from analysis.classification import classification_metrics, majority_baseline
 from train.common.args import ConfigError, OptimizationArguments, RunArguments, flat_config, parse_config
 from train.common.batching import accumulation_windows, step_seed
 from train.common.checkpointing import TrainState, checkpoint_name, load_checkpoint, save_checkpoint
-from train.common.distributed import agree_on_flags, check_replicas_in_sync, distributed_summary, is_deepspeed
+from train.common.distributed import (agree_on_flags, check_replicas_in_sync, distributed_summary, is_deepspeed,
+                                     start_run)
 from train.common.errors import run_main
 from train.common.finetune_args import ClassificationDataArguments, FinetuneModelArguments
 from train.common.finetune_common import (IntervalStats, PaddingCollator, build_eval_dataloader, build_train_dataloader,
                                          check_max_seq_length, classification_nll, evaluate_outputs, finetune_model_card, from_hub,
                                          keep_length_grouping, load_model_for_task, model_inputs, parameter_block,
-                                         require_trained_head, rounded_epoch, run_seeds, start_logging, start_run,
+                                         require_trained_head, rounded_epoch, run_seeds, start_logging,
                                          steps_or_fail, stop_early)
 from train.common.optim import build_optimizer, build_scheduler
 from train.common.preemption import PreemptionFlag

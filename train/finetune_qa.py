@@ -39,14 +39,15 @@ from analysis.text_metrics import WordNetMissingError, text_metrics
 from train.common.args import ConfigError, OptimizationArguments, RunArguments, flat_config, parse_config
 from train.common.batching import accumulation_windows, step_seed
 from train.common.checkpointing import TrainState, save_checkpoint
-from train.common.distributed import agree_on_flags, check_replicas_in_sync, distributed_summary, is_deepspeed
+from train.common.distributed import (agree_on_flags, check_replicas_in_sync, distributed_summary, is_deepspeed,
+                                     start_run)
 from train.common.errors import run_main
 from train.common.finetune_args import FinetuneModelArguments, QADataArguments
 from train.common.finetune_common import (FinetuneDataError, IntervalStats, PaddingCollator, build_eval_dataloader,
-                                         build_train_dataloader, check_max_seq_length, evaluate_outputs, finetune_model_card, from_hub,
-                                         keep_length_grouping, load_model_for_task, masked_span_logits, model_inputs,
+                                         build_train_dataloader, check_max_seq_length, evaluate_outputs,
+                                         finetune_model_card, from_hub, keep_length_grouping, load_model_for_task, masked_span_logits, model_inputs,
                                          parameter_block, require_trained_head, rounded_epoch, span_nll,
-                                         squad_gold_from_examples, start_logging, start_run, steps_or_fail,
+                                         squad_gold_from_examples, start_logging, steps_or_fail,
                                          stop_early)
 from train.common.optim import build_optimizer, build_scheduler
 from train.common.preemption import PreemptionFlag

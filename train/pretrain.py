@@ -12,7 +12,6 @@ final/ (save_pretrained). Resume with --resume_from_checkpoint latest.
 
 from __future__ import annotations
 
-import math
 import sys
 from pathlib import Path
 
@@ -21,25 +20,24 @@ if __package__ in (None, ""):  # `python train/pretrain.py`: make `train.common`
 
 import torch
 from accelerate.logging import get_logger
-from accelerate.utils import set_seed
 
 from train.common.args import (OptimizationArguments, PretrainingDataArguments, PretrainingModelArguments,
                                RunArguments, flat_config, parse_config)
 from train.common.batching import accumulation_windows, build_dataloader, step_seed
 from train.common.checkpointing import TrainState, save_checkpoint
-from train.common.distributed import (agree_on_flags, build_accelerator, check_replicas_in_sync, distributed_summary,
-                                     is_deepspeed, zero3_init_as_configured)
+from train.common.distributed import (agree_on_flags, check_replicas_in_sync, distributed_summary, is_deepspeed,
+                                     start_run, zero3_init_as_configured)
 from train.common.errors import run_main
 from train.common.masking import IndexedDataset, PretrainingCollator
 from train.common.optim import build_optimizer, build_scheduler
-from train.common.preemption import PreemptionFlag, clear_marker, write_marker
+from train.common.preemption import PreemptionFlag, write_marker
 from train.common.pretraining_data import build_pretraining_datasets, load_corpus
 from train.common.pretraining_eval import evaluate_pretraining
 from train.common.pretraining_model import (PretrainingObjective, build_bert_config, build_pretraining_model)
 from train.common.pretraining_setup import model_card, obtain_tokenizer
 from train.common.resume import resume_from_checkpoint
-from train.common.run_folder import (MetricsLogger, check_output_dir, clear_run_files, export_final_model,
-                                     load_eval_results, push_folder_to_hub, write_json_atomic, write_run_config)
+from train.common.run_folder import (MetricsLogger, export_final_model, load_eval_results, push_folder_to_hub,
+                                     write_json_atomic, write_run_config)
 from train.common.throughput import IntervalTimer, bert_training_flops, mfu, peak_tflops_for
 
 logger = get_logger(__name__)
@@ -76,19 +74,10 @@ def main(argv=None) -> int:
         (PretrainingModelArguments, PretrainingDataArguments, OptimizationArguments, RunArguments), argv,
         description=__doc__)
     config = flat_config(model_args, data_args, opt_args, run_args)
-    output_dir = Path(run_args.output_dir).resolve()
-    check_output_dir(output_dir, config, run_args.resume_from_checkpoint, run_args.overwrite_output_dir)
-
-    # ---- accelerator -------------------------------------------------------------------------
     preemption = PreemptionFlag()  # before anything slow: a signal during start-up is kept, not fatal
-    accelerator = build_accelerator(run_args, opt_args.gradient_accumulation_steps, opt_args.max_grad_norm)
-    set_seed(run_args.seed)
-    if accelerator.is_main_process:
-        if run_args.overwrite_output_dir:
-            clear_run_files(output_dir)
-        output_dir.mkdir(parents=True, exist_ok=True)
-        clear_marker(output_dir)
-    accelerator.wait_for_everyone()
+
+    # ---- accelerator, output folder ------------------------------------------------------------
+    accelerator, output_dir = start_run(run_args, opt_args, config, do_train=True)
 
     # ---- data --------------------------------------------------------------------------------
     # Preprocessing runs once per machine; the other ranks then read the datasets cache.

@@ -12,11 +12,15 @@ import datetime as _dt
 import os
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Any
+from typing import Any, Optional
 
 import torch
 from accelerate import Accelerator, DataLoaderConfiguration, InitProcessGroupKwargs
-from accelerate.utils import DistributedType, GradientAccumulationPlugin, ProjectConfiguration
+from accelerate.utils import DistributedType, GradientAccumulationPlugin, ProjectConfiguration, set_seed
+
+from .args import ConfigError
+from .preemption import clear_marker
+from .run_folder import check_output_dir, clear_run_files
 
 
 class LaunchError(RuntimeError):
@@ -116,6 +120,24 @@ def zero3_init_as_configured(accelerator: Accelerator):
 
 def output_path(run_args) -> Path:
     return Path(run_args.output_dir).expanduser().resolve()
+
+
+def start_run(run_args, opt_args, config: dict, do_train: bool, marker_dir: Optional[Path] = None):
+    """Check the output folder (before anything is written), build the accelerator, seed, prepare the folder.
+    Returns (accelerator, output_dir). `marker_dir` holds PREEMPTED (default: the output folder)."""
+    output_dir = output_path(run_args)
+    if not do_train and run_args.resume_from_checkpoint:
+        raise ConfigError("--do_train false evaluates --model_name_or_path; it does not resume checkpoints")
+    check_output_dir(output_dir, config, run_args.resume_from_checkpoint, run_args.overwrite_output_dir)
+    accelerator = build_accelerator(run_args, opt_args.gradient_accumulation_steps, opt_args.max_grad_norm)
+    set_seed(run_args.seed)
+    if accelerator.is_main_process:
+        if run_args.overwrite_output_dir:
+            clear_run_files(output_dir)
+        output_dir.mkdir(parents=True, exist_ok=True)
+        clear_marker(marker_dir or output_dir)
+    accelerator.wait_for_everyone()
+    return accelerator, output_dir
 
 
 def agree_on_flags(accelerator: Accelerator, local_nonfinite: torch.Tensor, grad_norm, preemption) -> tuple[bool, bool]:

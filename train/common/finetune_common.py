@@ -12,7 +12,7 @@
   example count (or class weight) over all ranks, as pretraining does for masked tokens.
 * `IntervalStats`: loss and throughput (samples/s, non-padding tokens/s, padding share) summed on the device and
   reduced across ranks only when logged.
-* Run set-up and ending shared by both scripts: `start_run` (output folder check, accelerator, seed),
+* Run set-up and ending shared by both scripts (`distributed.start_run` prepares the folder and accelerator):
   `start_logging` (metrics.jsonl, eval_results.json so far, TensorBoard), `stop_early` (preemption marker / non-finite
   stop), `run_seeds` with `aggregate_seeds` (one run per seed, then mean and sample standard deviation).
 """
@@ -35,8 +35,8 @@ from torch.utils.data import DataLoader, Dataset, Sampler
 
 from .args import ConfigError, flat_config
 from .batching import build_dataloader, default_num_workers
-from .distributed import build_accelerator
-from .preemption import clear_marker, write_marker
+from .distributed import output_path
+from .preemption import write_marker
 from .run_folder import (MetricsLogger, check_output_dir, clear_run_files, load_eval_results, numeric_summary,
                          write_json_atomic, write_run_config)
 from .tokenizer import load_tokenizer
@@ -407,7 +407,7 @@ def run_seeds(run_one: Callable, task_args: tuple, run_args, preemption, seeds: 
     [{"seed", "output_dir", **summarize(results)}], "mean", "std", "n"}, **shared(first seed's results)}.
     With --resume_from_checkpoint latest, finished seeds are reused and an interrupted one resumes in its folder.
     A preempted seed leaves OUTPUT_DIR/PREEMPTED (where the SLURM job looks) and ends the run with exit code 0."""
-    output_dir = output_path(run_args.output_dir)
+    output_dir = output_path(run_args)
     config = flat_config(*task_args, run_args)
     check_output_dir(output_dir, config, run_args.resume_from_checkpoint, run_args.overwrite_output_dir)
     if run_args.resume_from_checkpoint not in (None, "latest"):
@@ -469,24 +469,6 @@ def finetune_model_card(title: str, tags: str, config: dict, load_report: dict, 
     return "\n".join(lines)
 
 
-def start_run(run_args, opt_args, config: dict, do_train: bool, marker_dir: Optional[Path] = None):
-    """Check the output folder (before anything is written), build the accelerator, seed, prepare the folder.
-    Returns (accelerator, output_dir). `marker_dir` holds PREEMPTED (default: the output folder)."""
-    output_dir = output_path(run_args.output_dir)
-    if not do_train and run_args.resume_from_checkpoint:
-        raise ConfigError("--do_train false evaluates --model_name_or_path; it does not resume checkpoints")
-    check_output_dir(output_dir, config, run_args.resume_from_checkpoint, run_args.overwrite_output_dir)
-    accelerator = build_accelerator(run_args, opt_args.gradient_accumulation_steps, opt_args.max_grad_norm)
-    set_seed(run_args.seed)
-    if accelerator.is_main_process:
-        if run_args.overwrite_output_dir:
-            clear_run_files(output_dir)
-        output_dir.mkdir(parents=True, exist_ok=True)
-        clear_marker(marker_dir or output_dir)
-    accelerator.wait_for_everyone()
-    return accelerator, output_dir
-
-
 def start_logging(accelerator, run_args, output_dir: Path, resume_step: Optional[int], task: str):
     """(MetricsLogger, eval_results so far): on resume both keep only what the resumed step had written."""
     metrics = MetricsLogger(accelerator, output_dir, resume_step)
@@ -523,10 +505,6 @@ def steps_or_fail(num_batches: int, gas: int, examples: int, num_processes: int,
 
 def rounded_epoch(epoch: int, batches_in_epoch: int, batches_per_epoch: int) -> float:
     return round(epoch + batches_in_epoch / max(batches_per_epoch, 1), 4)
-
-
-def output_path(path) -> Path:
-    return Path(path).expanduser().resolve()
 
 
 def squad_gold_from_examples(examples: Sequence[dict], version: str) -> dict:
