@@ -14,13 +14,23 @@ loop's throughput (gpu_check) and the model's own is visible, and what inside th
   compiled        sparse with the encoder compiled in place (what --torch_compile does)
   bf16_weights    sparse with the whole model cast to bf16 (no fp32 master weights: a ceiling for
                   "bf16 activations end to end", not a recipe); combinable: bf16_weights_compiled_batch_512
-Variant names combine: any name containing compiled / batch_512 / no_dropout / bf16_weights gets that.
-and a torch.profiler table of the sparse step's top kernels (CUDA time, grouped by kind).
+  static          a WHAT-IF, not in the script: the MLM head at a fixed number of positions per row
+                  (topk of the mask: the ~15% masked ones first, padding slots weighted 0), so that every
+                  shape in the step is static and ...
+  whole_compiled  ... the WHOLE objective (encoder, heads, gather and losses) compiles as one graph,
+                  instead of the encoder only; `max_autotune` adds mode="max-autotune-no-cudagraphs",
+                  `cudagraphs` mode="max-autotune" (CUDA graphs need the static shapes)
+Variant names combine: any name containing compiled / batch_512 / no_dropout / bf16_weights / static /
+whole_compiled / max_autotune / cudagraphs gets that. A torch.profiler table of the top kernels (CUDA time,
+grouped by kind) is taken for the variants in --profile (default: the eager sparse step and the fastest
+compiled one of the default list).
 """
 
 from __future__ import annotations
 
 import argparse
+import json
+import math
 import os
 import statistics
 import sys
@@ -34,8 +44,50 @@ if __package__ in (None, ""):
 from bench.gpu_throughput import BERT_BASE, TINY  # noqa: E402
 
 
+class StaticPositionsObjective:
+    """The what-if `static` variant: PretrainingObjective's forward with the sparse MLM head at a FIXED number
+    of positions per row, so that no shape depends on the data (boolean indexing makes the number of
+    rows of the head's input data-dependent, which breaks a compiled graph and rules out CUDA graphs).
+
+    topk over the 0/1 mask puts a row's masked positions first; slots beyond its count are weighted 0. The
+    collator masks round(0.15 x maskable tokens) per row, so per_row = ceil(0.15 x seq) + 1 always holds them
+    (a device-side assert checks it without a host sync). Same loss as the sparse head (checked on CPU in
+    tests/test_bench.py)."""
+
+    def __init__(self, objective, per_row: int):
+        self.objective = objective
+        self.per_row = per_row
+
+    def __call__(self, input_ids, attention_mask, token_type_ids, labels, next_sentence_label):
+        import torch
+        import torch.nn.functional as F
+
+        from train.common.masking import IGNORE_INDEX
+        from train.common.pretraining_model import PretrainingSums
+        model = self.objective.model
+        sequence_output, pooled_output = model.bert(input_ids=input_ids, attention_mask=attention_mask,
+                                                    token_type_ids=token_type_ids, return_dict=False)[:2]
+        selected = labels != IGNORE_INDEX
+        masked_tokens = selected.sum(dim=1)
+        torch._assert_async(masked_tokens.max() <= self.per_row, "more masked tokens in a row than per_row")
+        weight, positions = selected.float().topk(self.per_row, dim=1)  # [B, P]
+        hidden = sequence_output.gather(1, positions.unsqueeze(-1).expand(-1, -1, sequence_output.shape[-1]))
+        logits = model.cls.predictions(hidden).float()                                       # [B, P, V]
+        targets = labels.gather(1, positions).clamp_min(0)                                   # padding slots: 0
+        token_nll = F.cross_entropy(logits.flatten(0, 1), targets.flatten(), reduction="none").view_as(targets)
+        mlm_nll = (token_nll * weight).sum(dim=1)
+        nsp_logits = model.cls.seq_relationship(pooled_output).float()
+        nsp_nll = F.cross_entropy(nsp_logits, next_sentence_label, reduction="none")
+        nsp_correct = (nsp_logits.argmax(dim=-1) == next_sentence_label).float()
+        return PretrainingSums(mlm_nll, masked_tokens, nsp_nll, nsp_correct)
+
+
 def kernel_kind(name: str) -> str:
     n = name.lower()
+    if n.startswith("triton_"):
+        # Inductor's generated kernels: fused pointwise/reduction work (matmuls stay in cuBLAS unless
+        # max-autotune picks a triton template: those names contain "mm").
+        return "matmul" if "_mm" in n or "bmm" in n else "compiled fused (triton)"
     if any(k in n for k in ("gemm", "cutlass", "sm90_xmma", "cublas", "matmul", "nvjet")):
         return "matmul"
     if any(k in n for k in ("flash", "fmha", "attention", "efficient")):
@@ -65,7 +117,12 @@ def main(argv=None) -> int:
     parser.add_argument("--tiny", action="store_true")
     parser.add_argument("--batch_size", type=int, default=None)
     parser.add_argument("--steps", type=int, default=None)
-    parser.add_argument("--variants", default="sparse,dense,no_dropout,sync_per_step,batch_512,compiled")
+    parser.add_argument("--variants", default="sparse,dense,no_dropout,batch_512,compiled,compiled_batch_512,"
+                                              "static_whole_compiled,static_whole_compiled_batch_512,"
+                                              "static_whole_compiled_max_autotune_batch_512,"
+                                              "static_whole_compiled_cudagraphs_batch_512")
+    parser.add_argument("--profile", default="sparse,static_whole_compiled_batch_512",
+                        help="Variants to take a kernel table of (those that run).")
     parser.add_argument("--out", default=None)
     args = parser.parse_args(argv)
     if args.device == "cpu":
@@ -106,7 +163,14 @@ def main(argv=None) -> int:
         model = PretrainingObjective(build_pretraining_model(config, "sdpa"), sparse_mlm_head=variant != "dense").to(device)
         if "bf16_weights" in variant:
             model.to(torch.bfloat16)  # a ceiling only: no fp32 master weights
-        if "compiled" in variant:
+        forward = model
+        if "static" in variant:
+            forward = StaticPositionsObjective(model, per_row=math.ceil(0.15 * seq) + 1)
+        if "whole_compiled" in variant:
+            mode = ("max-autotune" if "cudagraphs" in variant
+                    else "max-autotune-no-cudagraphs" if "max_autotune" in variant else None)
+            forward = torch.compile(forward, mode=mode, dynamic=False)
+        elif "compiled" in variant:
             model.model.bert.compile()
         optimizer = torch.optim.AdamW(parameter_groups(model, 0.01), lr=1e-4, fused=args.device == "cuda")
         data = batches(batch_size, 4)
@@ -114,8 +178,10 @@ def main(argv=None) -> int:
         flops = bert_training_flops(config, batch_size * seq, batch_size * seq * seq, masked)
 
         def step(batch):
+            if "cudagraphs" in variant:
+                torch.compiler.cudagraph_mark_step_begin()
             with torch.autocast(device.type, dtype=torch.bfloat16):
-                sums = model(**batch)
+                sums = forward(**batch)
             loss = sums.mlm_nll.sum() / sums.masked_tokens.sum() + sums.nsp_nll.mean()
             loss.backward()
             torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
@@ -165,17 +231,27 @@ def main(argv=None) -> int:
                         for e in sorted(kernels, key=key, reverse=True)[:20]]}
         return result  # the model and optimizer go with this frame
 
-    results = {}
+    results: dict[str, Any] = {}
+
+    def summary() -> dict[str, Any]:
+        return {"benchmark": "gpu_profile", "settings": {"model": shape, "seq_len": seq, "batch_size": base_batch,
+                                                         "precision": "bf16 autocast", "steps": steps,
+                                                         "what": "the objective's step without the loop: batches on "
+                                                                 "the device, autocast, backward, clip, fused AdamW"},
+                "environment": environment(args.device), "variants": results}
+
     for variant in args.variants.split(","):
         print(f"[gpu_profile] {variant}", file=sys.stderr, flush=True)
-        results[variant] = run(variant, profile=variant == "sparse")
+        try:
+            results[variant] = run(variant, profile=variant in args.profile.split(","))
+        except Exception as err:  # one variant that does not compile must not cost the others
+            results[variant] = {"failed": True, "error": f"{type(err).__name__}: {str(err)[:2000]}"}
         if args.device == "cuda":
             torch.cuda.empty_cache()
-    emit({"benchmark": "gpu_profile", "settings": {"model": shape, "seq_len": seq, "batch_size": base_batch,
-                                                   "precision": "bf16 autocast", "steps": steps,
-                                                   "what": "the objective's step without the loop: batches on the "
-                                                           "device, autocast, backward, clip, fused AdamW"},
-          "environment": environment(args.device), "variants": results}, args.out)
+        if args.out:  # what is measured so far survives a time limit
+            Path(args.out).parent.mkdir(parents=True, exist_ok=True)
+            Path(args.out).write_text(json.dumps(summary(), indent=2, default=str) + "\n")
+    emit(summary(), args.out)
     return 0
 
 
