@@ -27,7 +27,6 @@ import datasets
 import numpy as np
 import pyarrow as pa
 from datasets.fingerprint import Hasher
-from datasets.table import InMemoryTable
 
 # Bump when instance creation changes so stale caches are not reused.
 PREPROCESSING_VERSION = 5
@@ -369,6 +368,7 @@ def document_groups(ranges: datasets.Dataset) -> datasets.Dataset:
 def _small_dataset(columns: dict[str, pa.Array], fingerprint: str) -> datasets.Dataset:
     """An in-memory Dataset with a given fingerprint (a stable one makes the instance cache hit across runs).
     `Dataset.from_dict` would first hash all of its content for a fingerprint we replace anyway."""
+    from datasets.table import InMemoryTable  # here: the GPU check imports this module with a stand-in `datasets`
     return datasets.Dataset(InMemoryTable(pa.table(columns)), fingerprint=fingerprint)
 
 
