@@ -209,6 +209,35 @@ def test_instances_do_not_depend_on_the_number_of_worker_processes(tmp_path, ber
     assert pd.default_preprocessing_workers(1, groups=10) is None and pd.default_preprocessing_workers(3, 10) == 3
 
 
+def test_instances_are_cached_in_a_file_and_reused(tmp_path, bert_tokenizer, monkeypatch):
+    """The second build of the same corpus and settings reads the Arrow file of the first (memory-mapped:
+    nothing is tokenised again, nothing is held in memory); --overwrite_cache and other settings rebuild."""
+    path = write_wikitext_corpus(tmp_path / "c.raw", articles=12, seed=9)
+    args = _data_args(train_file=str(path), validation_split_percentage=20, max_seq_length=64)
+    first = pd.build_pretraining_datasets(pd.load_corpus(args, 0), bert_tokenizer, args, seed=0)
+    for split in ("train", "validation"):
+        files = [f["filename"] for f in first[split].cache_files]
+        assert len(files) == 1 and Path(files[0]).name.startswith("pretraining-instances-"), split
+
+    def no_tokenising(*_):
+        raise AssertionError("the instances were rebuilt instead of read from the cache")
+
+    calls = []
+    with monkeypatch.context() as patch:
+        patch.setattr(pd, "token_ids", no_tokenising)
+        again = pd.build_pretraining_datasets(pd.load_corpus(args, 0), bert_tokenizer, args, seed=0)
+        assert again["train"][:] == first["train"][:] and again["validation"][:] == first["validation"][:]
+        patch.setattr(pd, "token_ids", lambda tokenizer, texts: calls.append(len(texts)) or
+                      [bert_tokenizer(t, add_special_tokens=False)["input_ids"] for t in texts])
+        rebuilt_args = _data_args(train_file=str(path), validation_split_percentage=20, max_seq_length=64,
+                                  overwrite_cache=True)
+        rebuilt = pd.build_pretraining_datasets(pd.load_corpus(rebuilt_args, 0), bert_tokenizer, rebuilt_args, seed=0)
+        assert calls and rebuilt["train"][:] == first["train"][:]
+        calls.clear()
+        pd.build_pretraining_datasets(pd.load_corpus(args, 0), bert_tokenizer, args, seed=1)  # another seed
+        assert calls
+
+
 def test_tokenizer_fingerprint_follows_what_decides_the_ids(tmp_path):
     """The instance cache key: the same for a reloaded tokenizer, different when lower-casing or the
     vocabulary changes, unaffected by truncation settings (token_ids switches them off)."""

@@ -20,6 +20,7 @@ import os
 import random
 import re
 from dataclasses import dataclass
+from pathlib import Path
 from itertools import chain
 from typing import Iterable, Iterator, Optional, Sequence
 
@@ -414,7 +415,18 @@ def build_instances(lines: datasets.Dataset, ranges: datasets.Dataset, tokenizer
         os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
     return groups.map(builder, batched=True, batch_size=1, with_indices=True, remove_columns=groups.column_names,
                       features=features, num_proc=num_proc, new_fingerprint=fingerprint,
+                      cache_file_name=instance_cache_file(lines, fingerprint),
                       load_from_cache_file=not overwrite_cache, desc=f"Building {split} instances")
+
+
+def instance_cache_file(lines: datasets.Dataset, fingerprint: str) -> Optional[str]:
+    """The instances' Arrow file, next to the line dataset's own cache files. It must be named: the map runs
+    over the small in-memory group table, and datasets keeps the result of a map over an in-memory table in
+    memory (no file, no cache hit in the next run, every rank building its own copy). None for an in-memory
+    line dataset: then the instances stay in memory too."""
+    if not lines.cache_files:
+        return None
+    return str(Path(lines.cache_files[0]["filename"]).parent / f"pretraining-instances-{fingerprint}.arrow")
 
 
 def ranges_dataset(lines: datasets.Dataset, boundary: str) -> tuple[datasets.Dataset, str]:
@@ -450,7 +462,6 @@ def load_line_splits(data_args) -> datasets.DatasetDict:
 
 
 def _check_text_file(path: str, split: str) -> None:
-    from pathlib import Path
     p = Path(path)
     if not p.is_file():
         raise DataError(f"--{split}_file {path}: no such file")
