@@ -159,6 +159,7 @@ def main(argv=None) -> int:
         dropout = 0.0 if "no_dropout" in variant else 0.1
         config = BertConfig(vocab_size=len(vocab), hidden_dropout_prob=dropout, attention_probs_dropout_prob=dropout,
                             **shape)
+        torch._dynamo.reset()  # each variant compiles afresh (and never hits the recompilation limit)
         torch.manual_seed(0)
         model = PretrainingObjective(build_pretraining_model(config, "sdpa"), sparse_mlm_head=variant != "dense").to(device)
         if "bf16_weights" in variant:
