@@ -1,8 +1,8 @@
 """Documents, sentences and NSP/MLM instances (the BERT data creation), on fixtures and real text."""
 
 import random
-from pathlib import Path
 from collections import Counter
+from pathlib import Path
 
 import datasets
 import pytest

@@ -20,8 +20,8 @@ import os
 import random
 import re
 from dataclasses import dataclass
-from pathlib import Path
 from itertools import chain
+from pathlib import Path
 from typing import Iterable, Iterator, Optional, Sequence
 
 import datasets
