@@ -30,8 +30,7 @@ def tensors(run: Path) -> dict:
 def test_two_processes_match_one_process_with_the_same_global_batch(corpus_dir, tmp_path):
     common = (*NO_DROPOUT, "--max_train_steps", "8", "--checkpointing_steps", "none", "--eval_steps", "4")
     two = tmp_path / "ddp2"
-    proc = accelerate_launch("cpu_ddp.yaml", pretrain_args(corpus_dir, two, *common,
-                                                           "--per_device_train_batch_size", "4"))
+    accelerate_launch("cpu_ddp.yaml", pretrain_args(corpus_dir, two, *common, "--per_device_train_batch_size", "4"))
     config = (two / "config.yaml").read_text()
     assert "world_size: 2" in config and "distributed_type: MULTI_CPU" in config
     check = json.loads((two / "replica_check.json").read_text())

@@ -4,7 +4,6 @@ import random
 from collections import Counter
 from pathlib import Path
 
-import datasets
 import pytest
 
 from tests.conftest import SHARED_DATA, write_wikitext_corpus
