@@ -258,3 +258,28 @@ def test_tokenizer_fingerprint_follows_what_decides_the_ids(tmp_path):
     smaller = tmp_path / "vocab.txt"
     smaller.write_text("\n".join(vocab.read_text(encoding="utf-8").splitlines()[:-1]) + "\n", encoding="utf-8")
     assert pd.tokenizer_fingerprint(wordpiece(smaller, lowercase=True)) != pd.tokenizer_fingerprint(uncased)
+
+
+def test_a_trained_vocabulary_is_reused_by_the_next_run_on_the_same_text(tmp_path, monkeypatch):
+    """--train_tokenizer: the trainer breaks ties in hash order, so retraining may change rare tokens; a second
+    run on the same training documents must get the first run's vocabulary (not retrain), another size or
+    other text a new one."""
+    from train.common import pretraining_setup
+    path = write_wikitext_corpus(tmp_path / "c.raw", articles=8, seed=11)
+    args = _data_args(train_file=str(path), train_tokenizer=300)
+    first = pretraining_setup.obtain_tokenizer(args, pd.load_corpus(args, 0), tmp_path / "run1", True)
+    assert (tmp_path / "run1" / "tokenizer" / "tokenizer.json").is_file()
+    trained = []
+    real_train = pretraining_setup.train_wordpiece
+    monkeypatch.setattr(pretraining_setup, "train_wordpiece", lambda *a: trained.append(a[1]) or real_train(*a))
+    second = pretraining_setup.obtain_tokenizer(args, pd.load_corpus(args, 0), tmp_path / "run2", True)
+    assert not trained and second.get_vocab() == first.get_vocab()
+    assert (tmp_path / "run2" / "tokenizer" / "tokenizer.json").is_file()  # the run keeps its own copy
+    other_size = _data_args(train_file=str(path), train_tokenizer=250)
+    pretraining_setup.obtain_tokenizer(other_size, pd.load_corpus(other_size, 0), tmp_path / "run3", True)
+    other_text = write_wikitext_corpus(tmp_path / "d.raw", articles=8, seed=12)
+    other_args = _data_args(train_file=str(other_text), train_tokenizer=300)
+    pretraining_setup.obtain_tokenizer(other_args, pd.load_corpus(other_args, 0), tmp_path / "run4", True)
+    assert trained == [250, 300]
+    cache = pretraining_setup.trained_vocabulary_cache(pd.load_corpus(args, 0), 300)
+    assert (cache / "tokenizer.json").is_file() and not list(cache.parent.glob("wordpiece-*.partial-*"))
