@@ -33,7 +33,7 @@ import torch
 if __package__ in (None, ""):
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from train.common.masking import IndexedDataset, PretrainingCollator
+from train.common.masking import IndexedDataset, PretrainingCollator, max_predictions_per_seq
 from train.common.pretraining_data import InstanceSettings, build_instances, ranges_dataset
 from train.common.pretraining_eval import evaluate_pretraining
 from train.common.pretraining_model import PretrainingObjective
@@ -145,7 +145,8 @@ def compute_perplexity(model_dir: str | Path, *, file: Optional[str] = None, dat
         result.update(pseudo_perplexity(objective, instances, tokenizer, accelerator, max_tokens, batch_size))
         return result
     collator = PretrainingCollator(tokenizer, settings["mlm_probability"], settings["whole_word_masking"],
-                                   seed=settings["eval_mask_seed"])
+                                   seed=settings["eval_mask_seed"], mlm_positions_per_row=max_predictions_per_seq(
+                                       settings["mlm_probability"], settings["max_seq_length"]))
     loader = torch.utils.data.DataLoader(IndexedDataset(instances), batch_size=batch_size, shuffle=False,
                                          collate_fn=collator)
     objective, loader = accelerator.prepare(objective, loader)

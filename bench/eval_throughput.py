@@ -65,7 +65,7 @@ def main(argv=None) -> int:
 
     from train.common.batching import build_dataloader
     from train.common.distributed import build_accelerator
-    from train.common.masking import IndexedDataset, PretrainingCollator
+    from train.common.masking import IndexedDataset, PretrainingCollator, max_predictions_per_seq
     from train.common.pretraining_data import build_pretraining_datasets, load_corpus
     from train.common.pretraining_eval import evaluate_pretraining
     from train.common.pretraining_model import PretrainingObjective, build_bert_config, build_pretraining_model
@@ -94,7 +94,12 @@ def main(argv=None) -> int:
             # ours, set up as train/pretrain.py does
             accelerator = build_accelerator(run_args, 1, opt_args.max_grad_norm)
             objective = PretrainingObjective(model, sparse_mlm_head=args.sparse_mlm_head, nsp=data_args.nsp)
-            loader = build_dataloader(IndexedDataset(instances), collator, batch_size, False,
+            # The same masks plus the script's position table (the Trainer's model takes no extra inputs).
+            ours_collator = PretrainingCollator(
+                tokenizer, data_args.mlm_probability, data_args.whole_word_masking, seed=data_args.eval_mask_seed,
+                mlm_positions_per_row=(max_predictions_per_seq(data_args.mlm_probability, data_args.max_seq_length)
+                                       if args.sparse_mlm_head else None))
+            loader = build_dataloader(IndexedDataset(instances), ours_collator, batch_size, False,
                                       args.dataloader_num_workers, run_args.seed)
             objective, loader = accelerator.prepare(objective, loader)
 

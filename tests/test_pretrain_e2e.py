@@ -13,12 +13,6 @@ from tests.conftest import assert_same_tensors, final_tensors, pretrain_args, re
 pytestmark = pytest.mark.slow
 
 
-
-
-
-
-
-
 @pytest.fixture(scope="module")
 def smoke_run(corpus_dir, tmp_path_factory):
     out = tmp_path_factory.mktemp("smoke") / "run"
@@ -194,3 +188,26 @@ def test_push_to_hub_offline_fails_after_saving(corpus_dir, tmp_path, monkeypatc
     for path in run.rglob("*"):
         if path.is_file() and path.suffix in (".yaml", ".json", ".jsonl", ".md"):
             assert "hf_abcdefghij" not in path.read_text(), path
+
+
+def test_torch_compile_trains_and_exports_like_eager(corpus_dir, tmp_path):
+    """--torch_compile (the whole objective, one graph): the same losses, evaluation and exported weights as
+    the eager run (dropout off: compiled dropout draws other random numbers), under the same names."""
+    no_dropout = ("--hidden_dropout_prob", "0", "--attention_probs_dropout_prob", "0", "--max_train_steps", "4",
+                  "--logging_steps", "1", "--checkpointing_steps", "none")
+    from torch._dynamo.utils import counters
+    runs = {}
+    for name, extra in (("eager", ()), ("compiled", ("--torch_compile",))):
+        runs[name] = tmp_path / name
+        torch._dynamo.reset()
+        counters.clear()
+        assert run_pretrain(pretrain_args(corpus_dir, runs[name], *no_dropout, *extra)) == 0
+    # Training and evaluation graphs (and a recompile for another batch width), never a graph break.
+    assert counters["stats"]["unique_graphs"] >= 2 and not counters["graph_break"], dict(counters)
+    torch._dynamo.reset()
+    lines = {k: read_jsonl(v / "metrics.jsonl") for k, v in runs.items()}
+    for eager, compiled in zip(lines["eager"], lines["compiled"], strict=True):
+        for key in ("loss", "mlm_loss", "nsp_loss", "perplexity"):
+            if key in eager:
+                assert compiled[key] == pytest.approx(eager[key], rel=1e-4), (key, eager, compiled)
+    assert_same_tensors(final_tensors(runs["eager"]), final_tensors(runs["compiled"]), exact=False, atol=1e-4)

@@ -28,7 +28,7 @@ from train.common.checkpointing import TrainState, save_checkpoint
 from train.common.distributed import (agree_on_flags, check_replicas_in_sync, distributed_summary, is_deepspeed,
                                      start_run, zero3_init_as_configured)
 from train.common.errors import run_main
-from train.common.masking import IndexedDataset, PretrainingCollator
+from train.common.masking import IndexedDataset, PretrainingCollator, max_predictions_per_seq
 from train.common.optim import build_optimizer, build_scheduler
 from train.common.preemption import PreemptionFlag, write_marker
 from train.common.pretraining_data import build_pretraining_datasets, load_corpus
@@ -87,10 +87,13 @@ def main(argv=None) -> int:
         tokenizer = obtain_tokenizer(data_args, corpus, output_dir, accelerator.is_main_process)
     with accelerator.local_main_process_first():
         splits = build_pretraining_datasets(corpus, tokenizer, data_args, run_args.seed)
+    positions_per_row = (max_predictions_per_seq(data_args.mlm_probability, data_args.max_seq_length)
+                         if model_args.sparse_mlm_head else None)
     train_collator = PretrainingCollator(tokenizer, data_args.mlm_probability, data_args.whole_word_masking,
-                                         seed=run_args.seed)
+                                         seed=run_args.seed, mlm_positions_per_row=positions_per_row)
     eval_collator = PretrainingCollator(tokenizer, data_args.mlm_probability, data_args.whole_word_masking,
-                                        seed=data_args.eval_mask_seed)  # epoch stays 0: fixed masks
+                                        seed=data_args.eval_mask_seed,  # epoch stays 0: fixed masks
+                                        mlm_positions_per_row=positions_per_row)
     train_dataloader = build_dataloader(IndexedDataset(splits["train"]), train_collator,
                                         opt_args.per_device_train_batch_size, True,
                                         run_args.dataloader_num_workers, run_args.seed)
@@ -105,7 +108,9 @@ def main(argv=None) -> int:
         model = PretrainingObjective(build_pretraining_model(bert_config, model_args.attn_implementation),
                                      sparse_mlm_head=model_args.sparse_mlm_head, nsp=data_args.nsp)
     if model_args.torch_compile:
-        model.model.bert.compile()  # in place: parameter names (and checkpoints) stay unchanged
+        # The whole objective, in place: parameter names (and checkpoints) stay unchanged. With the
+        # collator's position table it is one graph (no data-dependent shapes).
+        model.compile()
 
     # ---- optimizer / schedule ----------------------------------------------------------------
     optimizer = build_optimizer(model, opt_args, accelerator.device)

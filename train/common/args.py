@@ -221,7 +221,8 @@ class PretrainingModelArguments:
     attn_implementation: str = _help("'sdpa' (fused scaled-dot-product attention) or 'eager'.", default="sdpa")
     sparse_mlm_head: bool = _help("Run the MLM prediction head only at masked positions (same loss, less compute).",
                                   default=True)
-    torch_compile: bool = _help("torch.compile the encoder.", default=False)
+    torch_compile: bool = _help("torch.compile the whole objective (encoder, heads and losses) as one graph.",
+                                default=False)
 
     def __post_init__(self):
         _choice("attn_implementation", self.attn_implementation, ("sdpa", "eager"))

@@ -6,16 +6,29 @@ resume point, fresh in every training epoch, and FIXED for evaluation (one const
 Of the ~15% chosen positions 80% become [MASK], 10% a random token and 10% stay unchanged;
 special tokens and padding are never chosen. The chosen count is round(p * maskable tokens)
 (at least one), as in BERT's data creation, rather than a Bernoulli draw per token.
+
+With `mlm_positions_per_row` the collator also lists each row's masked positions, as BERT's
+`masked_lm_positions`: a fixed-width [batch, P] table (P = `max_predictions_per_seq`), so the sparse
+MLM head gathers a static number of rows and the whole objective compiles as one graph, with no
+device-to-host sync for a data-dependent size.
 """
 
 from __future__ import annotations
 
-from typing import Any, Sequence
+import math
+from typing import Any, Optional, Sequence
 
 import numpy as np
 import torch
 
 IGNORE_INDEX = -100
+
+
+def max_predictions_per_seq(mlm_probability: float, max_seq_length: int) -> int:
+    """Masked positions per row that every row of up to `max_seq_length` tokens fits in: the collator masks
+    round(p x maskable tokens) <= ceil(p x max_seq_length). (Whole-word masking can overshoot by the
+    rest of one long word; the collator then widens that batch's table.)"""
+    return max(1, math.ceil(mlm_probability * max_seq_length - 1e-9))
 
 
 class IndexedDataset(torch.utils.data.Dataset):
@@ -43,8 +56,9 @@ class PretrainingCollator:
     """Pads a batch (to a multiple of 8) and applies MLM masking; keeps NSP labels if present."""
 
     def __init__(self, tokenizer, mlm_probability: float = 0.15, whole_word_masking: bool = False,
-                 seed: int = 0, pad_to_multiple_of: int = 8):
+                 seed: int = 0, pad_to_multiple_of: int = 8, mlm_positions_per_row: Optional[int] = None):
         self.mlm_probability = mlm_probability
+        self.mlm_positions_per_row = mlm_positions_per_row
         self.whole_word_masking = whole_word_masking
         self.seed = seed
         self.epoch = 0
@@ -104,6 +118,20 @@ class PretrainingCollator:
             chosen.extend(words[w])
         return np.sort(np.asarray(chosen, dtype=np.int64))
 
+    def position_table(self, labels: np.ndarray) -> dict[str, torch.Tensor]:
+        """`mlm_positions` / `mlm_labels` [batch, P]: each row's masked positions in order, then padding
+        slots (position 0, label IGNORE_INDEX, so they add nothing to the loss)."""
+        selected = labels != IGNORE_INDEX
+        counts = selected.sum(axis=1)
+        width = max(self.mlm_positions_per_row, int(counts.max(initial=0)))  # a wider batch recompiles, never truncates
+        positions = np.zeros((labels.shape[0], width), dtype=np.int64)
+        mlm_labels = np.full((labels.shape[0], width), IGNORE_INDEX, dtype=np.int64)
+        for row in range(labels.shape[0]):
+            where = np.flatnonzero(selected[row])
+            positions[row, :where.size] = where
+            mlm_labels[row, :where.size] = labels[row, where]
+        return {"mlm_positions": torch.from_numpy(positions), "mlm_labels": torch.from_numpy(mlm_labels)}
+
     def __call__(self, examples: list[dict[str, Any]]) -> dict[str, torch.Tensor]:
         longest = max(len(e["input_ids"]) for e in examples)
         width = -(-longest // self.pad_to_multiple_of) * self.pad_to_multiple_of
@@ -126,6 +154,8 @@ class PretrainingCollator:
             "attention_mask": torch.from_numpy(attention_mask),
             "labels": torch.from_numpy(labels),
         }
+        if self.mlm_positions_per_row is not None:
+            batch.update(self.position_table(labels))
         if "next_sentence_label" in examples[0]:
             batch["next_sentence_label"] = torch.tensor([e["next_sentence_label"] for e in examples],
                                                         dtype=torch.long)

@@ -5,6 +5,11 @@ forward returns per-example loss SUMS. The loop, not the model, decides the norm
 (masked tokens of a whole accumulation window across all ranks). With the sparse head the MLM
 prediction head (transform + 30k-way decoder) runs only at the ~15% masked positions; the
 weights are the model's own, so `final/` stays a plain `BertForPreTraining` checkpoint.
+
+The masked positions come from the collator as a fixed-width table (`mlm_positions`, `mlm_labels`,
+BERT's masked_lm_positions / ids): every shape is then known before the data is, there is no
+device-to-host sync, and `--torch_compile` compiles the whole objective (encoder, heads and losses)
+as one graph. Batches without the table (another collator) fall back to boolean indexing.
 """
 
 from __future__ import annotations
@@ -70,26 +75,29 @@ class PretrainingObjective(nn.Module):
         # DeepSpeed's "auto" ZeRO-3 bucket sizes are derived from model.config.hidden_size.
         return self.model.config
 
-    def forward(self, input_ids, attention_mask, token_type_ids, labels, next_sentence_label=None):
+    def forward(self, input_ids, attention_mask, token_type_ids, labels, next_sentence_label=None,
+                mlm_positions=None, mlm_labels=None):
         sequence_output, pooled_output = self.model.bert(
             input_ids=input_ids, attention_mask=attention_mask, token_type_ids=token_type_ids,
             return_dict=False)[:2]
         batch_size = input_ids.shape[0]
-        selected = labels != IGNORE_INDEX
-        if self.sparse_mlm_head:
-            rows = selected.nonzero(as_tuple=True)[0]
-            logits = self.model.cls.predictions(sequence_output[selected])
-            targets = labels[selected]
+        masked_tokens = (labels != IGNORE_INDEX).sum(dim=1)
+        if self.sparse_mlm_head and mlm_positions is not None:
+            # [B, P] positions -> [B, P, H] hidden states; padding slots carry IGNORE_INDEX labels.
+            hidden = sequence_output.gather(1, mlm_positions.unsqueeze(-1).expand(-1, -1, sequence_output.shape[-1]))
+            mlm_nll = self._token_nll(self.model.cls.predictions(hidden).flatten(0, 1),
+                                      mlm_labels.flatten()).view_as(mlm_labels).sum(dim=1)
         else:
-            logits = self.model.cls.predictions(sequence_output).flatten(0, 1)
-            targets = labels.flatten()
             rows = torch.arange(batch_size, device=labels.device).repeat_interleave(labels.shape[1])
+            targets = labels.flatten()
             keep = targets != IGNORE_INDEX
-            logits, targets, rows = logits[keep], targets[keep], rows[keep]
-        # Losses in fp32 whatever the autocast dtype: bf16 log-softmax over 30k classes is coarse.
-        token_nll = F.cross_entropy(logits.float(), targets, reduction="none")
-        mlm_nll = torch.zeros(batch_size, device=token_nll.device, dtype=torch.float32).index_add_(0, rows, token_nll)
-        masked_tokens = selected.sum(dim=1)
+            if self.sparse_mlm_head:
+                logits = self.model.cls.predictions(sequence_output.flatten(0, 1)[keep])
+            else:
+                logits = self.model.cls.predictions(sequence_output).flatten(0, 1)[keep]
+            token_nll = self._token_nll(logits, targets[keep])
+            mlm_nll = torch.zeros(batch_size, device=token_nll.device, dtype=torch.float32).index_add_(
+                0, rows[keep], token_nll)
         if self.nsp and next_sentence_label is not None:
             nsp_logits = self.model.cls.seq_relationship(pooled_output).float()
             nsp_nll = F.cross_entropy(nsp_logits, next_sentence_label, reduction="none")
@@ -98,3 +106,9 @@ class PretrainingObjective(nn.Module):
             nsp_nll = torch.zeros(batch_size, device=mlm_nll.device)
             nsp_correct = torch.zeros(batch_size, device=mlm_nll.device)
         return PretrainingSums(mlm_nll, masked_tokens, nsp_nll, nsp_correct)
+
+    @staticmethod
+    def _token_nll(logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+        # fp32 whatever the autocast dtype: a bf16 log-softmax over 30k classes is coarse. Ignored
+        # targets (padding slots of the position table) give 0.
+        return F.cross_entropy(logits.float(), targets, reduction="none", ignore_index=IGNORE_INDEX)
