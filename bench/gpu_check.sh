@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # One prepared GPU check (< 5 minutes on one H100): bert-base seq 128 bf16 pretraining throughput and MFU of
-# our loop vs the Trainer, the same with the encoder compiled, peak GPU memory, one SQuAD fine-tuning line.
+# our loop vs the Trainer, the same with the whole objective compiled, peak GPU memory, one SQuAD fine-tuning line.
 # Needs torch + transformers + accelerate + pyyaml only. Everything lands in $OUT (default ./bench_out):
 # <part>.json per part, gpu_check.json (the summary with every part in it, also printed) and gpu_check.log
 # (nvidia-smi and the parts' output; few files, because a device run returns only a handful).

@@ -6,31 +6,31 @@
 Times the step of train/pretrain.py WITHOUT its loop (batches collated once and kept on the device; the
 objective, autocast, clip and fused AdamW from train.common), in variants, so that the gap between the
 loop's throughput (gpu_check) and the model's own is visible, and what inside the model costs:
-  sparse          PretrainingObjective with the sparse MLM head (the script's default)
+  sparse          PretrainingObjective with the sparse MLM head fed the collator's fixed-width position table
+                  (the script's default step)
+  boolean_index   the sparse head finding the masked positions by boolean indexing (a data-dependent size:
+                  one device->host sync per forward, and a graph break under torch.compile)
   dense           the dense MLM head (what BertForPreTraining's own loss computes)
   no_dropout      sparse, hidden and attention dropout 0 (dropout kernels and their masks cost)
   sync_per_step   sparse + one device->host sync per step (as the loop's agree_on_flags does)
   batch_512       sparse, twice the batch
-  compiled        sparse with the encoder compiled in place (what --torch_compile does)
+  compiled        the whole objective compiled in place (what --torch_compile does)
+  encoder_compiled  only the encoder compiled (what --torch_compile did before the position table)
   bf16_weights    sparse with the whole model cast to bf16 (no fp32 master weights: a ceiling for
-                  "bf16 activations end to end", not a recipe); combinable: bf16_weights_compiled_batch_512
-  static          a WHAT-IF, not in the script: the MLM head at a fixed number of positions per row
-                  (topk of the mask: the ~15% masked ones first, padding slots weighted 0), so that every
-                  shape in the step is static and ...
-  whole_compiled  ... the WHOLE objective (encoder, heads, gather and losses) compiles as one graph,
-                  instead of the encoder only; `max_autotune` adds mode="max-autotune-no-cudagraphs",
-                  `cudagraphs` mode="max-autotune" (CUDA graphs need the static shapes)
-Variant names combine: any name containing compiled / batch_512 / no_dropout / bf16_weights / static /
-whole_compiled / max_autotune / cudagraphs gets that. A torch.profiler table of the top kernels (CUDA time,
-grouped by kind) is taken for the variants in --profile (default: the eager sparse step and the fastest
-compiled one of the default list).
+                  "bf16 activations end to end", not a recipe)
+  max_autotune    compiled with mode="max-autotune-no-cudagraphs" (Triton/cuBLAS choices autotuned: minutes)
+  cudagraphs      compiled with mode="reduce-overhead" (CUDA graphs; both: mode="max-autotune"). Compile modes
+                  are what-ifs, not script options
+Variant names combine: any name containing boolean_index / dense / compiled / batch_512 / no_dropout /
+bf16_weights / max_autotune / cudagraphs gets that (max_autotune and cudagraphs imply compiled), e.g.
+compiled_cudagraphs_batch_512. A torch.profiler table of the top kernels (CUDA time, grouped by kind) is
+taken for the variants in --profile.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
-import math
 import os
 import statistics
 import sys
@@ -42,44 +42,6 @@ if __package__ in (None, ""):
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from bench.gpu_throughput import BERT_BASE, TINY  # noqa: E402
-
-
-class StaticPositionsObjective:
-    """The what-if `static` variant: PretrainingObjective's forward with the sparse MLM head at a FIXED number
-    of positions per row, so that no shape depends on the data (boolean indexing makes the number of
-    rows of the head's input data-dependent, which breaks a compiled graph and rules out CUDA graphs).
-
-    topk over the 0/1 mask puts a row's masked positions first; slots beyond its count are weighted 0. The
-    collator masks round(0.15 x maskable tokens) per row, so per_row = ceil(0.15 x seq) + 1 always holds them
-    (a device-side assert checks it without a host sync). Same loss as the sparse head (checked on CPU in
-    tests/test_bench.py)."""
-
-    def __init__(self, objective, per_row: int):
-        self.objective = objective
-        self.per_row = per_row
-
-    def __call__(self, input_ids, attention_mask, token_type_ids, labels, next_sentence_label):
-        import torch
-        import torch.nn.functional as F
-
-        from train.common.masking import IGNORE_INDEX
-        from train.common.pretraining_model import PretrainingSums
-        model = self.objective.model
-        sequence_output, pooled_output = model.bert(input_ids=input_ids, attention_mask=attention_mask,
-                                                    token_type_ids=token_type_ids, return_dict=False)[:2]
-        selected = labels != IGNORE_INDEX
-        masked_tokens = selected.sum(dim=1)
-        torch._assert_async(masked_tokens.max() <= self.per_row, "more masked tokens in a row than per_row")
-        weight, positions = selected.float().topk(self.per_row, dim=1)  # [B, P]
-        hidden = sequence_output.gather(1, positions.unsqueeze(-1).expand(-1, -1, sequence_output.shape[-1]))
-        logits = model.cls.predictions(hidden).float()                                       # [B, P, V]
-        targets = labels.gather(1, positions).clamp_min(0)                                   # padding slots: 0
-        token_nll = F.cross_entropy(logits.flatten(0, 1), targets.flatten(), reduction="none").view_as(targets)
-        mlm_nll = (token_nll * weight).sum(dim=1)
-        nsp_logits = model.cls.seq_relationship(pooled_output).float()
-        nsp_nll = F.cross_entropy(nsp_logits, next_sentence_label, reduction="none")
-        nsp_correct = (nsp_logits.argmax(dim=-1) == next_sentence_label).float()
-        return PretrainingSums(mlm_nll, masked_tokens, nsp_nll, nsp_correct)
 
 
 def kernel_kind(name: str) -> str:
@@ -117,11 +79,10 @@ def main(argv=None) -> int:
     parser.add_argument("--tiny", action="store_true")
     parser.add_argument("--batch_size", type=int, default=None)
     parser.add_argument("--steps", type=int, default=None)
-    parser.add_argument("--variants", default="sparse,dense,no_dropout,batch_512,compiled,compiled_batch_512,"
-                                              "static_whole_compiled,static_whole_compiled_batch_512,"
-                                              "static_whole_compiled_max_autotune_batch_512,"
-                                              "static_whole_compiled_cudagraphs_batch_512")
-    parser.add_argument("--profile", default="sparse,static_whole_compiled_batch_512",
+    parser.add_argument("--variants", default="sparse,boolean_index,dense,batch_512,encoder_compiled,compiled,"
+                                              "compiled_batch_512,compiled_cudagraphs_batch_512,"
+                                              "compiled_max_autotune_batch_512")
+    parser.add_argument("--profile", default="sparse,compiled_batch_512",
                         help="Variants to take a kernel table of (those that run).")
     parser.add_argument("--out", default=None)
     args = parser.parse_args(argv)
@@ -132,7 +93,7 @@ def main(argv=None) -> int:
     import torch
     from transformers import BertConfig
 
-    from train.common.masking import PretrainingCollator
+    from train.common.masking import PretrainingCollator, max_predictions_per_seq
     from train.common.optim import parameter_groups
     from train.common.pretraining_model import PretrainingObjective, build_pretraining_model
     from train.common.throughput import bert_training_flops, peak_tflops_for
@@ -143,15 +104,16 @@ def main(argv=None) -> int:
     base_batch = args.batch_size or (8 if args.tiny else 256)
     steps = args.steps or (4 if args.tiny else 20)
     vocab = SyntheticBertVocab()
-    collator = PretrainingCollator(vocab, seed=0)
+    collators = {table: PretrainingCollator(vocab, seed=0, mlm_positions_per_row=max_predictions_per_seq(0.15, seq)
+                                            if table else None) for table in (True, False)}
     peak = peak_tflops_for(torch.cuda.get_device_name(0)) if args.device == "cuda" else None
 
-    def batches(batch_size: int, count: int) -> list[dict[str, torch.Tensor]]:
+    def batches(batch_size: int, count: int, position_table: bool) -> list[dict[str, torch.Tensor]]:
         data = synthetic_nsp_instances(batch_size * count, seq, vocab, seed=1)
         out = []
         for b in range(count):
             rows = [{**data[i], "index": i} for i in range(b * batch_size, (b + 1) * batch_size)]
-            out.append({k: v.to(device) for k, v in collator(rows).items()})
+            out.append({k: v.to(device) for k, v in collators[position_table](rows).items()})
         return out
 
     def run(variant: str, profile: bool = False) -> dict[str, Any]:
@@ -165,16 +127,15 @@ def main(argv=None) -> int:
         if "bf16_weights" in variant:
             model.to(torch.bfloat16)  # a ceiling only: no fp32 master weights
         forward = model
-        if "static" in variant:
-            forward = StaticPositionsObjective(model, per_row=math.ceil(0.15 * seq) + 1)
-        if "whole_compiled" in variant:
-            mode = ("max-autotune" if "cudagraphs" in variant
-                    else "max-autotune-no-cudagraphs" if "max_autotune" in variant else None)
-            forward = torch.compile(forward, mode=mode, dynamic=False)
-        elif "compiled" in variant:
+        if "encoder_compiled" in variant:
             model.model.bert.compile()
+        elif any(k in variant for k in ("compiled", "max_autotune", "cudagraphs")):
+            autotune, graphs = "max_autotune" in variant, "cudagraphs" in variant
+            mode = {(False, False): None, (True, False): "max-autotune-no-cudagraphs",
+                    (False, True): "reduce-overhead", (True, True): "max-autotune"}[(autotune, graphs)]
+            forward = torch.compile(model, mode=mode)
         optimizer = torch.optim.AdamW(parameter_groups(model, 0.01), lr=1e-4, fused=args.device == "cuda")
-        data = batches(batch_size, 4)
+        data = batches(batch_size, 4, position_table="boolean_index" not in variant and "dense" not in variant)
         masked = sum(int((b["labels"] != -100).sum()) for b in data) / len(data)
         flops = bert_training_flops(config, batch_size * seq, batch_size * seq * seq, masked)
 

@@ -15,7 +15,7 @@ Parts (bert-base, seq 128, batch 256, bf16 autocast, SDPA, fused AdamW, 4 loader
   squad_ours              the REAL train/finetune_qa.py main() (squad_bert_base.yaml recipe: 384-token windows,
                           doc_stride 128) on a synthetic SQuAD v1.1 file, with a random-init bert-base QA checkpoint
                           and a synthetic WordPiece vocabulary written to a temporary folder; batch 32.
-  pretrain_ours_compiled  pretrain_ours with --torch_compile (the encoder compiled in place).
+  pretrain_ours_compiled  pretrain_ours with --torch_compile (the whole objective compiled in place).
 Without `datasets`, a placeholder module stands in while train.pretrain is imported (pretraining_data imports
 it at module level); nothing of it runs, because the data functions are replaced.
 """
@@ -304,7 +304,7 @@ def summarize_folder(folder: Path, out: str | None) -> int:
     targets = [target("MFU of our pretraining loop (bert-base, seq 128, bf16, eager)", median("pretrain_ours", "mfu"),
                       MFU_TARGET),
                target("MFU of our pretraining loop with --torch_compile", median("pretrain_ours_compiled", "mfu"),
-                      MFU_TARGET, note="the same target for the compiled encoder"),
+                      MFU_TARGET, note="the same target for the compiled objective"),
                target("ours/Trainer pretraining samples per second (eager)", safe_ratio(ours, trainer), 1.0,
                       note="no number in the issue; ours must simply not be slower")]
     env = next((parts[p].get("environment") for p in PARTS if isinstance(parts[p].get("environment"), dict)), None)

@@ -84,32 +84,6 @@ def test_synthetic_batches_go_through_our_collator():
     assert set(batch["next_sentence_label"].tolist()) <= {0, 1}
 
 
-def test_static_positions_what_if_gives_the_sparse_heads_sums():
-    """gpu_profile's `static` variant (fixed positions per row, for whole-graph compilation) must compute the
-    same per-example sums as the script's sparse head, or its timings would compare different work."""
-    import torch
-    from transformers import BertConfig
-
-    from bench.common import SyntheticBertVocab, synthetic_nsp_instances
-    from bench.gpu_profile import StaticPositionsObjective
-    from bench.gpu_throughput import TINY
-    from train.common.masking import IndexedDataset, PretrainingCollator
-    from train.common.pretraining_model import PretrainingObjective, build_pretraining_model
-    vocab = SyntheticBertVocab()
-    data = IndexedDataset(synthetic_nsp_instances(5, 40, vocab, seed=2))
-    rows = data.__getitems__(list(range(5)))
-    rows[1] = {**rows[1], "input_ids": rows[1]["input_ids"][:20], "token_type_ids": rows[1]["token_type_ids"][:20]}
-    batch = PretrainingCollator(vocab, seed=0)(rows)  # one short row: fewer masked tokens, padding
-    torch.manual_seed(0)
-    objective = PretrainingObjective(build_pretraining_model(BertConfig(vocab_size=len(vocab), **TINY))).eval()
-    sparse = objective(**batch)
-    static = StaticPositionsObjective(objective, per_row=math.ceil(0.15 * 40) + 1)(**batch)
-    for field in ("mlm_nll", "masked_tokens", "nsp_nll", "nsp_correct"):
-        torch.testing.assert_close(getattr(static, field), getattr(sparse, field), rtol=1e-5, atol=1e-5)
-    with pytest.raises(RuntimeError):
-        StaticPositionsObjective(objective, per_row=3)(**batch)  # rows with more masked tokens are refused
-
-
 def test_gpu_modules_do_not_need_datasets():
     """The GPU machine has no `datasets`: the modules the GPU check imports must not need it, and
     train.pretrain must import with the placeholder."""
