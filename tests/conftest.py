@@ -127,3 +127,20 @@ def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return s.getsockname()[1]
+
+
+def fp32_deepspeed_config(name: str) -> str:
+    """A copy of accelerate_configs/NAME whose DeepSpeed json has bf16 off, for comparisons with fp32 DDP.
+
+    Precision under DeepSpeed lives in the json (accelerate refuses `mixed_precision` next to a
+    deepspeed_config_file, and `--mixed_precision no` does not turn off a bf16 the json enables)."""
+    import yaml
+    folder = Path(tempfile.mkdtemp(prefix="ds-fp32-"))
+    config = yaml.safe_load((REPO / "accelerate_configs" / name).read_text())
+    ds_file = REPO / config["deepspeed_config"]["deepspeed_config_file"]
+    ds = json.loads(ds_file.read_text())
+    ds["bf16"] = {"enabled": False}
+    (folder / ds_file.name).write_text(json.dumps(ds))
+    config["deepspeed_config"]["deepspeed_config_file"] = str(folder / ds_file.name)
+    (folder / name).write_text(yaml.safe_dump(config))
+    return str(folder / name)

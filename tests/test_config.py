@@ -69,6 +69,7 @@ def test_every_accelerate_config_loads(config):
     if raw["distributed_type"] == "DEEPSPEED":
         ds_file = REPO / raw["deepspeed_config"]["deepspeed_config_file"]
         assert ds_file.is_file()
+        assert "mixed_precision" not in raw, "accelerate refuses mixed_precision with a deepspeed_config_file"
     if raw.get("use_cpu"):
         assert raw["mixed_precision"] != "fp16", "fp16 on CPU trains silently in fp32"
 
@@ -78,7 +79,8 @@ def test_deepspeed_json_leaves_script_owned_settings_auto(ds_json):
     cfg = json.loads(ds_json.read_text())
     for key in ("train_batch_size", "train_micro_batch_size_per_gpu", "gradient_accumulation_steps"):
         assert cfg[key] == "auto"
-    assert cfg["bf16"]["enabled"] == "auto" and cfg["fp16"]["enabled"] == "auto"
+    # Precision is the json's: accelerate refuses mixed_precision beside a deepspeed_config_file.
+    assert cfg["bf16"]["enabled"] is True and cfg["fp16"]["enabled"] is False
     assert isinstance(cfg["gradient_clipping"], float), "clipping must be explicit (DeepSpeed defaults differ)"
     assert cfg["zero_optimization"]["stage"] in (2, 3)
     assert "optimizer" not in cfg and "scheduler" not in cfg  # the script owns both

@@ -14,8 +14,8 @@ import torch
 import yaml
 from safetensors.torch import load_file
 
-from tests.conftest import (REPO, assert_same_tensors, final_tensors, free_port, launch_env, read_jsonl,
-                            reset_accelerate_state)
+from tests.conftest import (REPO, assert_same_tensors, final_tensors, fp32_deepspeed_config, free_port, launch_env,
+                            read_jsonl, reset_accelerate_state)
 
 FIX = REPO / "tests" / "fixtures" / "sst"
 WORDS = {0: ["awful", "terrible", "horrible"], 1: ["dull", "boring", "weak"], 2: ["ordinary", "average", "plain"],
@@ -619,7 +619,8 @@ def test_deepspeed_zero_trains_resumes_and_exports(tiny_bert, sst_trees, tmp_pat
     run = tmp_path / zero.split(".")[0]
     args = cls_args(tiny_bert, run, "--max_train_steps", "6", "--checkpointing_steps", "3", "--keep_last_n", "0",
                     "--per_device_train_batch_size", "4", trees=sst_trees)
-    launch = ("--num_processes", "2", "--mixed_precision", "no")
+    launch = ("--num_processes", "2")
+    zero = fp32_deepspeed_config(zero)
     accelerate_launch(zero, "finetune_classification.py", args, *launch)
     assert f"zero_stage: {zero[-6]}" in (run / "config.yaml").read_text()
     reference = final_tensors(run)

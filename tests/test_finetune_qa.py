@@ -11,7 +11,7 @@ import pytest
 import torch
 import yaml
 
-from tests.conftest import REPO, reset_accelerate_state
+from tests.conftest import REPO, fp32_deepspeed_config, reset_accelerate_state
 from tests.test_finetune_classification import (TINY_HIDDEN, accelerate_launch, assert_same_tensors, final_tensors,
                                                 minilm_path, read_jsonl, without, write_tiny_bert)
 
@@ -283,10 +283,10 @@ def test_two_processes_cover_every_question_once_and_match_one_process(tiny_bert
 def test_deepspeed_zero3_trains_and_exports(tiny_bert, tmp_path):
     from transformers import AutoModelForQuestionAnswering
     run = tmp_path / "zero3"
-    accelerate_launch("deepspeed_zero3.yaml", "finetune_qa.py",
+    accelerate_launch(fp32_deepspeed_config("deepspeed_zero3.yaml"), "finetune_qa.py",
                       qa_args(tiny_bert, run, "--train_file", str(TINY_V1), "--train_articles", "2",
                               "--max_train_steps", "4", "--checkpointing_steps", "2", "--aux_metrics", "false"),
-                      "--num_processes", "2", "--mixed_precision", "no")
+                      "--num_processes", "2")
     assert "zero_stage: 3" in (run / "config.yaml").read_text()
     model = AutoModelForQuestionAnswering.from_pretrained(run / "final")
     assert model.qa_outputs.weight.shape == (2, TINY_HIDDEN) and torch.isfinite(model.qa_outputs.weight).all()

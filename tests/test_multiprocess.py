@@ -9,7 +9,7 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from tests.conftest import REPO, free_port, launch_env, pretrain_args, run_pretrain
+from tests.conftest import REPO, fp32_deepspeed_config, free_port, launch_env, pretrain_args, run_pretrain
 
 pytestmark = [pytest.mark.slow, pytest.mark.multiprocess]
 NO_DROPOUT = ("--hidden_dropout_prob", "0", "--attention_probs_dropout_prob", "0")
@@ -73,7 +73,8 @@ def test_deepspeed_zero_equals_ddp_saves_resumes_and_exports(corpus_dir, tmp_pat
     from transformers import BertForPreTraining
     run = tmp_path / zero.split(".")[0]
     args = pretrain_args(corpus_dir, run, *ZERO_COMMON, "--gradient_accumulation_steps", str(gas))
-    launch = ("--num_processes", "2", "--mixed_precision", "no")
+    launch = ("--num_processes", "2")
+    zero = fp32_deepspeed_config(zero)
     accelerate_launch(zero, args, *launch)
     config = (run / "config.yaml").read_text()
     assert f"zero_stage: {zero[-6]}" in config and f"gradient_accumulation_steps: {gas}" in config
@@ -91,3 +92,16 @@ def test_deepspeed_zero_equals_ddp_saves_resumes_and_exports(corpus_dir, tmp_pat
     resumed = tensors(run)
     for key in reference:
         assert torch.equal(reference[key], resumed[key]), key
+
+
+@pytest.mark.deepspeed
+@pytest.mark.parametrize("zero", ["deepspeed_zero2.yaml", "deepspeed_zero3.yaml"])
+def test_shipped_deepspeed_configs_start_as_documented(corpus_dir, tmp_path, zero):
+    """The shipped config, no precision flag (the README's command): accelerate used to refuse it at start
+    (`mixed_precision` beside a deepspeed_config_file). bf16 comes from the json."""
+    run = tmp_path / "run"
+    accelerate_launch(zero, pretrain_args(corpus_dir, run, "--max_train_steps", "2", "--checkpointing_steps", "none"),
+                      "--num_processes", "2")
+    config = (run / "config.yaml").read_text()
+    assert f"zero_stage: {zero[-6]}" in config and "mixed_precision: bf16" in config
+    assert (run / "final" / "model.safetensors").is_file()
