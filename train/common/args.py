@@ -56,10 +56,15 @@ class RunArguments:
     hub_private: bool = _help("Create the hub repository as private.", default=False)
     peak_tflops: Optional[float] = _help("Peak TFLOP/s of one device for MFU; default from a table of known GPUs.",
                                          default=None)
+    log_level: str = _help("'info' (our lines; the libraries only warn) or 'debug' (everything, libraries too).",
+                           default="info")
+    disable_progress_bar: bool = _help("Plain log lines instead of progress bars (bars only show on a terminal).",
+                                       default=False)
 
     def __post_init__(self):
         _choice("report_to", self.report_to, ("tensorboard", "none"))
         _choice("nan_policy", self.nan_policy, ("skip", "stop"))
+        _choice("log_level", self.log_level, ("info", "debug"))
         if self.checkpointing_steps not in ("epoch", "none"):
             try:
                 if int(self.checkpointing_steps) <= 0:
@@ -150,7 +155,20 @@ def _load_preset(path: str, known: set[str]) -> dict[str, Any]:
             hints.append(f"{key!r}" + (f" (did you mean {close[0]!r}?)" if close else ""))
         raise ConfigError(f"--config {path}: unknown option(s) {', '.join(hints)}; "
                           f"run the script with --help for the valid ones")
+    # Presets are written for the documented way of running, from the repository root. A relative INPUT path that
+    # does not exist from the working directory is taken from the repository root, so `--config .../smoke.yaml`
+    # finds its embedded sample from anywhere; output_dir stays relative to the working directory.
+    repo_root = Path(__file__).resolve().parents[2]
+    for key in ("train_file", "validation_file", "test_file", "sst_trees_dir", "sst_dir"):
+        value = values.get(key)
+        if isinstance(value, str) and not Path(value).is_absolute() and not Path(value).exists() \
+                and (repo_root / value).exists():
+            values[key] = str(repo_root / value)
     return values
+
+
+class _HelpFormatter(argparse.ArgumentDefaultsHelpFormatter, argparse.RawDescriptionHelpFormatter):
+    """Defaults shown, and the docstring's example commands kept one per line."""
 
 
 def parse_config(dataclass_types: Sequence[type], argv: Optional[Sequence[str]] = None,
@@ -163,7 +181,8 @@ def parse_config(dataclass_types: Sequence[type], argv: Optional[Sequence[str]] 
     optional = _optional_fields(dataclass_types)
 
     # No prefix abbreviations: "--learning_rat" must be an error, not a silent match.
-    parser = HfArgumentParser(dataclass_types, description=description, allow_abbrev=False)
+    parser = HfArgumentParser(dataclass_types, description=description, allow_abbrev=False,
+                              formatter_class=_HelpFormatter)
     parser.add_argument("--config", default=None, help="YAML preset (train/configs/*.yaml); the command line overrides it.")
     if pre_args.config:
         known = {f.name for dc in dataclass_types for f in dataclasses.fields(dc)}
@@ -199,11 +218,23 @@ def _apply_none_overrides(parser, optional: set[str], argv: list[str]) -> list[s
 
 
 def flat_config(*configs) -> dict[str, Any]:
-    """All options of the parsed dataclasses as one flat, YAML-friendly mapping."""
+    """All options of the parsed dataclasses as one flat, YAML-friendly mapping. Options that another
+    option made unused (the hub dataset when --train_file is given) are recorded as None, so config.yaml
+    says what the run really used."""
     merged: dict[str, Any] = {}
     for cfg in configs:
         merged.update(dataclasses.asdict(cfg))
+        if hasattr(cfg, "unused_options"):
+            merged.update(dict.fromkeys(cfg.unused_options(), None))
     return merged
+
+
+def check_sequence_length(max_seq_length: int, max_position_embeddings: int, where: str) -> None:
+    """Before any work: a sequence longer than the position table fails deep in the model otherwise."""
+    if max_seq_length > max_position_embeddings:
+        raise ConfigError(f"--max_seq_length {max_seq_length} is longer than the model's position table "
+                          f"(max_position_embeddings {max_position_embeddings}, {where}); lower --max_seq_length "
+                          f"to at most {max_position_embeddings} or raise --max_position_embeddings")
 
 
 @dataclass
@@ -276,6 +307,10 @@ class PretrainingDataArguments:
 
     def uses_local_files(self) -> bool:
         return self.train_file is not None
+
+    def unused_options(self) -> list[str]:
+        unused = ["dataset_name", "dataset_config_name"] if self.uses_local_files() else []
+        return unused + (["tokenizer_name"] if self.train_tokenizer is not None else [])
 
 
 def known_dataclasses_for_preset(preset_path) -> tuple[type, ...]:

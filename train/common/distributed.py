@@ -86,12 +86,34 @@ def distributed_summary(accelerator: Accelerator, gradient_accumulation_steps: i
         "device_type": accelerator.device.type,
         "device_name": torch.cuda.get_device_name(0) if torch.cuda.is_available() else "cpu",
         "gradient_accumulation_steps": gradient_accumulation_steps,
-        "accelerate_config_file": os.environ.get("ACCELERATE_CONFIG_FILE"),
+        "accelerate_config_file": launcher_config_file(),
     }
     if accelerator.distributed_type == DistributedType.DEEPSPEED:
         plugin = accelerator.state.deepspeed_plugin
         summary["deepspeed"] = {"zero_stage": plugin.zero_stage, "config": plugin.deepspeed_config}
     return summary
+
+
+def launcher_config_file() -> Optional[str]:
+    """The accelerate config the launcher read: accelerate exports its settings, not the file's name, so
+    it is taken from the launching process's command line (the parent, or the torchrun agent inside it)."""
+    if os.environ.get("ACCELERATE_CONFIG_FILE"):
+        return os.environ["ACCELERATE_CONFIG_FILE"]
+    parent = Path(f"/proc/{os.getppid()}")
+    try:
+        argv = (parent / "cmdline").read_bytes().decode(errors="replace").split("\0")
+        cwd = (parent / "cwd").resolve()
+    except OSError:
+        return None
+    if not any("accelerate" in arg for arg in argv[:3]):
+        return None  # `python train/pretrain.py`, torchrun, srun: no accelerate config
+    for i, arg in enumerate(argv):
+        if arg == "--config_file" and i + 1 < len(argv):
+            return str((cwd / argv[i + 1]).resolve())
+        if arg.startswith("--config_file="):
+            return str((cwd / arg.split("=", 1)[1]).resolve())
+    from accelerate.commands.config import default_config_file
+    return str(default_config_file) if Path(default_config_file).is_file() else None
 
 
 def is_deepspeed(accelerator: Accelerator) -> bool:

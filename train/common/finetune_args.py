@@ -130,6 +130,10 @@ class ClassificationDataArguments(FinetuneDataArguments):
     def source(self) -> str:
         return self.sst_trees_dir or self.sst_dir or self.train_file or self.dataset_name
 
+    def unused_options(self) -> list[str]:
+        local = self.sst_trees_dir or self.sst_dir or self.train_file
+        return ["dataset_name"] if local else []
+
 
 @dataclass
 class QADataArguments(FinetuneDataArguments):
@@ -183,6 +187,9 @@ class QADataArguments(FinetuneDataArguments):
         if self.dataset_name == "squad_v2" and not (self.train_file or self.validation_file) \
                 and not self.version_2_with_negative:
             raise ConfigError("squad_v2 has unanswerable questions: add --version_2_with_negative")
+
+    def unused_options(self) -> list[str]:
+        return ["dataset_name", "dataset_config_name"] if self.uses_local_files() else []
 
     def uses_local_files(self) -> bool:
         return bool(self.train_file or self.validation_file)
