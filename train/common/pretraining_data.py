@@ -453,20 +453,43 @@ def load_line_splits(data_args) -> datasets.DatasetDict:
         raw = datasets.load_dataset(data_args.dataset_name, data_args.dataset_config_name)
     except Exception as err:  # offline, unknown name, no permission: the user's next step is the same
         raise DataError(f"could not load the hub dataset {data_args.dataset_name}/{data_args.dataset_config_name} "
-                        f"({type(err).__name__}: {str(err).splitlines()[0] if str(err) else ''}). Offline? Give local "
-                        "text with --train_file (and --validation_file/--test_file), e.g. WikiText's wiki.*.raw") from None
+                        f"({type(err).__name__}: {str(err).splitlines()[0] if str(err) else ''}). Offline? Run the "
+                        "offline smoke preset on the embedded sample: accelerate launch train/pretrain.py --config "
+                        "train/configs/smoke.yaml; or give local text with --train_file (and --validation_file/"
+                        "--test_file), e.g. WikiText's wiki.*.raw") from None
     if "text" not in raw["train"].column_names:
         raise DataError(f"dataset {data_args.dataset_name} has no 'text' column (columns: "
                         f"{raw['train'].column_names}); pretraining reads raw text lines")
     return raw
 
 
+# What a folder given as --{split}_file most likely holds for that split (WikiText: wiki.{train,valid,test}.raw).
+_SPLIT_WORDS = {"train": ("train",), "validation": ("valid", "dev"), "test": ("test",)}
+
+
+def _text_file_in(folder: Path, split: str) -> Optional[Path]:
+    """A text file in `folder` (or one level down, as WikiText unzips) to name in the error, the split's first."""
+    found = sorted(p for pattern in ("*.raw", "*.txt", "*/*.raw", "*/*.txt") for p in folder.glob(pattern)
+                   if p.is_file())
+    return next((p for p in found if any(w in p.name for w in _SPLIT_WORDS[split])), found[0] if found else None)
+
+
 def _check_text_file(path: str, split: str) -> None:
     p = Path(path)
-    if not p.is_file():
+    if p.is_dir():
+        example = _text_file_in(p, split)
+        raise DataError(f"--{split}_file {path}: is a directory; pass a text file (WikiText raw or plain text)"
+                        + (f", e.g. {example}" if example else ""))
+    if not p.exists():
         raise DataError(f"--{split}_file {path}: no such file")
-    with open(p, "rb") as f:
-        head = f.read(1 << 16)
+    if not p.is_file():
+        raise DataError(f"--{split}_file {path}: not a regular file; pass a text file (WikiText raw or plain text)")
+    try:
+        with open(p, "rb") as f:
+            head = f.read(1 << 16)
+    except OSError as err:
+        raise DataError(f"--{split}_file {path}: cannot be read ({err.strerror}); check its permissions or pass "
+                        "another text file") from None
     if b"\x00" in head:
         raise DataError(f"--{split}_file {path}: looks binary (NUL bytes); pretraining expects UTF-8 text")
     try:

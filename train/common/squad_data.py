@@ -200,13 +200,20 @@ def load_squad_json(path: str, window: int = 50) -> tuple[list[dict], SquadLoadR
 
     A missing article title becomes "article_<i>" (titles group examples into articles for `split_articles`).
     v1.1 questions have no is_impossible: False. v2.0 `plausible_answers` are not used."""
+    if os.path.isdir(path):
+        found = sorted(os.path.join(path, n) for n in os.listdir(path) if n.endswith(".json"))
+        raise SquadFormatError(f"{path}: is a directory; pass an official SQuAD JSON file"
+                               + (f", e.g. {found[0]}" if found else " (train-v1.1.json, dev-v1.1.json, ...)"))
     if not os.path.isfile(path):
         raise SquadMissingFileError(f"SQuAD file not found: {path}")
-    with open(path, encoding="utf-8") as f:
-        try:
-            root = json.load(f)
-        except json.JSONDecodeError as e:
-            raise SquadFormatError(f"{path}: invalid JSON at line {e.lineno}, column {e.colno}: {e.msg}") from None
+    try:
+        with open(path, encoding="utf-8") as f:
+            try:
+                root = json.load(f)
+            except json.JSONDecodeError as e:
+                raise SquadFormatError(f"{path}: invalid JSON at line {e.lineno}, column {e.colno}: {e.msg}") from None
+    except PermissionError as err:
+        raise SquadFormatError(f"{path}: cannot be read ({err.strerror}); check its permissions") from None
     articles = _get(root, "data", list, "<root>", path)
     report = SquadLoadReport(source=path)
     examples: list[dict] = []

@@ -440,6 +440,9 @@ def parse_ptb_tree(line: str) -> tuple[list[str], list[tuple[int, int, int]]]:
 
 def load_sst_ptb_trees(folder: str) -> SSTSplits:
     """Load the official PTB trees (folder holding train.txt, dev.txt, test.txt, or a parent with trees/)."""
+    if os.path.isfile(folder):
+        raise SSTFormatError(f"SST PTB trees: {folder} is a file; give the folder holding train.txt, dev.txt, "
+                             "test.txt (trainDevTestTrees_PTB/trees); a file of sentences goes to --train_file")
     if os.path.isdir(os.path.join(folder, "trees")) and not os.path.exists(os.path.join(folder, "train.txt")):
         folder = os.path.join(folder, "trees")
     missing = [f"{s}.txt" for s in SPLIT_NAMES if not os.path.isfile(os.path.join(folder, f"{s}.txt"))]
@@ -504,6 +507,9 @@ def load_sst_original(folder: str) -> SSTSplits:
     dict keyed by normalised phrase text). Because dictionary.txt pools the phrases of all sentences, this can
     find a few more spans than the sentence's own parse tree has (a span that is a tree node of ANOTHER sentence);
     the PTB trees are the exact per-sentence phrase sets."""
+    if os.path.isfile(folder):
+        raise SSTFormatError(f"SST original release: {folder} is a file; give the unzipped "
+                             f"stanfordSentimentTreebank folder ({', '.join(ORIGINAL_FILES)})")
     missing = [name for name in ORIGINAL_FILES if not os.path.isfile(os.path.join(folder, name))]
     if missing:
         hint = ""
@@ -627,10 +633,16 @@ def load_sst_original(folder: str) -> SSTSplits:
 
 def _read_records(path: str) -> list[tuple[str, dict]]:
     """(where, record) pairs; `where` = "<path>, line N" (CSV/TSV/JSONL) or "<path>, record N" (JSON list)."""
+    if os.path.isdir(path):
+        raise SSTFormatError(f"{path}: is a directory; pass a .csv, .tsv, .json or .jsonl file of sentences (a folder "
+                             "of SST trees goes to --sst_trees_dir, the original release to --sst_dir)")
     if not os.path.isfile(path):
         raise SSTMissingFileError(f"data file not found: {path}")
-    with open(path, encoding="utf-8-sig", newline="") as f:  # -sig: a BOM would rename the first column
-        content = f.read()
+    try:
+        with open(path, encoding="utf-8-sig", newline="") as f:  # -sig: a BOM would rename the first column
+            content = f.read()
+    except PermissionError as err:
+        raise SSTFormatError(f"{path}: cannot be read ({err.strerror}); check its permissions") from None
     if not content.strip():
         raise SSTFormatError(f"{path}: empty file")
     ext = os.path.splitext(path)[1].lower()
