@@ -33,7 +33,7 @@ if __package__ in (None, ""):  # `python train/finetune_classification.py`: make
 
 from train.common.args import ConfigError, OptimizationArguments, RunArguments, flat_config, parse_config
 from train.common.finetune_args import ClassificationDataArguments, FinetuneModelArguments
-from train.common.hub_access import go_offline_if_unreachable, hub_names, preflight
+from train.common.hub_access import FINETUNE_HINT, go_offline_if_unreachable, hub_names, preflight
 
 ARGS = (FinetuneModelArguments, ClassificationDataArguments, OptimizationArguments, RunArguments)
 
@@ -43,8 +43,12 @@ def hub_resources(model_args, data_args, *_) -> list:
             (None if data_args.unused_options() else data_args.dataset_name, "dataset")]
 
 
+OFFLINE_HINT = ("Offline? Give --sst_trees_dir, --sst_dir or --train_file/--validation_file "
+                "(train/FINETUNING.md); " + FINETUNE_HINT)
+
+
 if __name__ == "__main__":
-    preflight(ARGS, __doc__, hub_resources)  # --help and the Hub check answer before the slow imports below
+    preflight(ARGS, __doc__, hub_resources, OFFLINE_HINT)  # --help, the Hub check: before the slow imports
 
 import torch
 from accelerate.logging import get_logger
@@ -53,6 +57,7 @@ from transformers import AutoModelForSequenceClassification
 from analysis.classification import classification_metrics, majority_baseline
 from train.common.batching import accumulation_windows, step_seed
 from train.common.checkpointing import TrainState, checkpoint_name, load_checkpoint, save_checkpoint
+from train.common.console import RunClock, StepProgress, fmt, print_summary, show_bars
 from train.common.distributed import (agree_on_flags, check_replicas_in_sync, distributed_summary, is_deepspeed,
                                      start_run)
 from train.common.errors import run_main
@@ -92,7 +97,7 @@ def main(argv=None) -> int:
     # ---- config ------------------------------------------------------------------------------
     model_args, data_args, opt_args, run_args = parse_config(ARGS, argv, description=__doc__)
     preemption = PreemptionFlag()  # before the slow set-up, so that an early signal is not lost
-    go_offline_if_unreachable(hub_names(hub_resources(model_args, data_args)))  # asked once: preflight's answer
+    go_offline_if_unreachable(hub_names(hub_resources(model_args, data_args)), OFFLINE_HINT)  # asked once: preflight's answer
     if data_args.seed_list():
         return run_seeds(run_classification, (model_args, data_args, opt_args), run_args, preemption,
                          data_args.seed_list(), "classification", seed_summary, lambda first: {
@@ -109,6 +114,7 @@ def seed_summary(results: dict) -> dict:
 def run_classification(model_args, data_args, opt_args, run_args, preemption, marker_dir=None):
     """One seed: train, evaluate, export. Returns (exit code, eval_results or None when stopped early)."""
     config = flat_config(model_args, data_args, opt_args, run_args)
+    clock = RunClock()
 
     # ---- accelerator -------------------------------------------------------------------------
     accelerator, output_dir = start_run(run_args, opt_args, config, data_args.do_train, marker_dir)
@@ -180,9 +186,13 @@ def run_classification(model_args, data_args, opt_args, run_args, preemption, ma
             "resumed_from_step": resume_step})
     metrics, eval_results = start_logging(accelerator, run_args, output_dir, resume_step, "classification")
 
+    bars = show_bars(run_args.disable_progress_bar)
+    progress = StepProgress(total_steps, train_state.step, bars and data_args.do_train, accelerator.is_main_process,
+                            logger)
+
     def evaluate_split(name: str):
         out = evaluate_outputs(model, eval_loaders[name], accelerator, len(eval_sets[name]), lambda o, b: {
-            "logits": o.logits.float(), "nll": classification_nll(o.logits, b["labels"])})
+            "logits": o.logits.float(), "nll": classification_nll(o.logits, b["labels"])}, progress=bars)
         probs = torch.softmax(torch.from_numpy(out["logits"]).double(), dim=-1)
         labels = [ex.label for ex in eval_sets[name]]
         result = {"loss": float(out["nll"].mean()),
@@ -244,6 +254,7 @@ def run_classification(model_args, data_args, opt_args, run_args, preemption, ma
                 lr_scheduler.step()
             train_state.step += 1
             train_state.batches_in_epoch += len(window)
+            progress.update()
             if nonfinite:
                 logger.warning(f"step {train_state.step}: non-finite loss or gradient "
                                f"({'update skipped' if skip_update else 'stopping'})", main_process_only=True)
@@ -253,7 +264,7 @@ def run_classification(model_args, data_args, opt_args, run_args, preemption, ma
 
             if train_state.step % run_args.logging_steps == 0 or train_state.step == total_steps or stop:
                 stats.log(accelerator, metrics, timer.seconds_and_reset(), train_state, lr_scheduler.get_last_lr()[0],
-                          grad_norm, steps_per_epoch * gas, total_steps, "samples")
+                          grad_norm, steps_per_epoch * gas, progress, "samples")
             timer.pause()
             if (every and train_state.step % every == 0) or stop:
                 checkpoint(output_dir / "checkpoints", run_args.keep_last_n)
@@ -278,8 +289,8 @@ def run_classification(model_args, data_args, opt_args, run_args, preemption, ma
             metrics.log({"split": "dev", **record}, prefix="eval")
             if accelerator.is_main_process:  # the epochs so far survive an interruption (resume reads them)
                 write_json_atomic(output_dir / "eval_results.json", eval_results)
-        logger.info(f"epoch {record['epoch']}: dev accuracy {record['dev_accuracy']:.4f} macro-F1 "
-                    f"{record['dev_macro_f1']:.4f}", main_process_only=True)
+        progress.write(f"epoch {record['epoch']}: dev accuracy {fmt(record['dev_accuracy'])} macro-F1 "
+                       f"{fmt(record['dev_macro_f1'])}")
         if patience:
             if record["dev_accuracy"] > train_state.extra.get("best_dev_accuracy", -1.0):
                 train_state.extra.update(best_dev_accuracy=record["dev_accuracy"], best_step=train_state.step,
@@ -296,6 +307,7 @@ def run_classification(model_args, data_args, opt_args, run_args, preemption, ma
             break
 
     # ---- stopped early: preempted or non-finite ----------------------------------------------------
+    progress.close()
     if stop in ("preempted", "nonfinite"):
         return stop_early(accelerator, stop, train_state.step, preemption, marker_dir), None
 
@@ -338,10 +350,16 @@ def run_classification(model_args, data_args, opt_args, run_args, preemption, ma
         eval_results["params"] = parameter_block(model_args.model_name_or_path, after, model_args.trust_remote_code)
         eval_results["completed"] = True
         write_json_atomic(output_dir / "eval_results.json", eval_results)
+    url = None
     if run_args.push_to_hub and data_args.do_train and accelerator.is_main_process:
         url = push_folder_to_hub(output_dir / "final", run_args.hub_model_id, run_args.hub_private,
                                  f"SST-5 fine-tuning, step {last_step}")
-        logger.info(f"pushed final/ to {url}", main_process_only=True)
+    baseline = {f"{s} majority baseline": a for s, a in eval_results["majority_baseline"].items()}
+    print_summary("SST-5 fine-tuning" if data_args.do_train else "SST-5 evaluation", clock,
+                  {"steps": last_step if data_args.do_train else None, **headline, **baseline},
+                  {"final model": output_dir / "final" if data_args.do_train else None,
+                   "predictions": output_dir / "predictions.jsonl", "results": output_dir / "eval_results.json",
+                   "pushed to": url}, output_dir, accelerator.is_main_process)
     return 0, eval_results
 
 

@@ -32,7 +32,7 @@ if __package__ in (None, ""):  # `python train/finetune_qa.py`: make `train.comm
 
 from train.common.args import ConfigError, OptimizationArguments, RunArguments, flat_config, parse_config
 from train.common.finetune_args import FinetuneModelArguments, QADataArguments
-from train.common.hub_access import go_offline_if_unreachable, hub_names, preflight
+from train.common.hub_access import FINETUNE_HINT, go_offline_if_unreachable, hub_names, preflight
 
 ARGS = (FinetuneModelArguments, QADataArguments, OptimizationArguments, RunArguments)
 
@@ -42,8 +42,12 @@ def hub_resources(model_args, data_args, *_) -> list:
             (None if data_args.unused_options() else data_args.dataset_name, "dataset")]
 
 
+OFFLINE_HINT = ("Offline? Give the official SQuAD JSON files with --train_file/--validation_file "
+                "(train/FINETUNING.md); " + FINETUNE_HINT)
+
+
 if __name__ == "__main__":
-    preflight(ARGS, __doc__, hub_resources)  # --help and the Hub check answer before the slow imports below
+    preflight(ARGS, __doc__, hub_resources, OFFLINE_HINT)  # --help, the Hub check: before the slow imports
 
 import torch
 from accelerate.logging import get_logger
@@ -53,6 +57,7 @@ import analysis.squad as squad_eval
 from analysis.text_metrics import WordNetMissingError, text_metrics
 from train.common.batching import accumulation_windows, step_seed
 from train.common.checkpointing import TrainState, save_checkpoint
+from train.common.console import RunClock, StepProgress, fmt, print_summary, show_bars
 from train.common.distributed import (agree_on_flags, check_replicas_in_sync, distributed_summary, is_deepspeed,
                                      start_run)
 from train.common.errors import run_main
@@ -60,8 +65,8 @@ from train.common.finetune_common import (FinetuneDataError, IntervalStats, Padd
                                          build_train_dataloader, check_max_seq_length, evaluate_outputs,
                                          finetune_model_card, from_hub, keep_length_grouping, load_model_for_task, masked_span_logits, model_inputs,
                                          parameter_block, require_trained_head, rounded_epoch, span_nll,
-                                         squad_gold_from_examples, start_logging, steps_or_fail,
-                                         stop_early)
+                                         squad_gold_from_examples, squad_repair_lines, start_logging,
+                                         steps_or_fail, stop_early)
 from train.common.optim import build_optimizer, build_scheduler
 from train.common.preemption import PreemptionFlag
 from train.common.resume import resume_from_checkpoint
@@ -108,8 +113,9 @@ def main(argv=None) -> int:
     # ---- config ------------------------------------------------------------------------------
     model_args, data_args, opt_args, run_args = parse_config(ARGS, argv, description=__doc__)
     preemption = PreemptionFlag()  # before the slow set-up, so that an early signal is not lost
-    go_offline_if_unreachable(hub_names(hub_resources(model_args, data_args)))  # asked once: preflight's answer
+    go_offline_if_unreachable(hub_names(hub_resources(model_args, data_args)), OFFLINE_HINT)  # asked once: preflight's answer
     config = flat_config(model_args, data_args, opt_args, run_args)
+    clock = RunClock()
     if data_args.aux_metrics:  # METEOR needs WordNet: fail now, not after training
         try:
             text_metrics(["a"], [["a"]])
@@ -200,8 +206,15 @@ def main(argv=None) -> int:
             "eval_data": str(eval_data_path), "model_load": load_report, "resumed_from_step": resume_step})
     metrics, eval_results = start_logging(accelerator, run_args, output_dir, resume_step, "qa")
 
+    bars = show_bars(run_args.disable_progress_bar)
+    progress = StepProgress(total_steps, train_state.step, bars and data_args.do_train, accelerator.is_main_process,
+                            logger)
+    for line in squad_repair_lines(data_report):
+        logger.warning(line, main_process_only=True)
+
     def predict_answers() -> tuple[float, tuple]:
-        out = evaluate_outputs(model, eval_dataloader, accelerator, len(eval_rows), lambda o, b: {
+        out = evaluate_outputs(model, eval_dataloader, accelerator, len(eval_rows), progress=bars,
+                               outputs_fn=lambda o, b: {
             "start_logits": (s := masked_span_logits(o.start_logits, b["attention_mask"])),
             "end_logits": (e := masked_span_logits(o.end_logits, b["attention_mask"])),
             "nll": span_nll(s, e, b["start_positions"], b["end_positions"])})
@@ -271,6 +284,7 @@ def main(argv=None) -> int:
                 lr_scheduler.step()
             train_state.step += 1
             train_state.batches_in_epoch += len(window)
+            progress.update()
             if nonfinite:
                 logger.warning(f"step {train_state.step}: non-finite loss or gradient "
                                f"({'update skipped' if skip_update else 'stopping'})", main_process_only=True)
@@ -280,7 +294,7 @@ def main(argv=None) -> int:
 
             if train_state.step % run_args.logging_steps == 0 or train_state.step == total_steps or stop:
                 stats.log(accelerator, metrics, timer.seconds_and_reset(), train_state, lr_scheduler.get_last_lr()[0],
-                          grad_norm, steps_per_epoch * gas, total_steps, "features")
+                          grad_norm, steps_per_epoch * gas, progress, "features")
             timer.pause()
             if (every and train_state.step % every == 0) or stop:
                 checkpoint()
@@ -305,8 +319,7 @@ def main(argv=None) -> int:
             metrics.log({"split": "validation", **record}, prefix="eval")
             if accelerator.is_main_process:  # the epochs so far survive an interruption (resume reads them)
                 write_json_atomic(output_dir / "eval_results.json", eval_results)
-            logger.info(f"epoch {record['epoch']}: EM {scores['exact_match']:.2f} F1 {scores['f1']:.2f}",
-                        main_process_only=True)
+            progress.write(f"epoch {record['epoch']}: EM {fmt(scores['exact_match'])} F1 {fmt(scores['f1'])}")
         if run_args.checkpointing_steps == "epoch" and last_checkpoint_step != train_state.step:
             checkpoint()
             last_checkpoint_step = train_state.step
@@ -315,6 +328,7 @@ def main(argv=None) -> int:
             break
 
     # ---- stopped early: preempted or non-finite ----------------------------------------------------
+    progress.close()
     if stop is not None:
         return stop_early(accelerator, stop, train_state.step, preemption, output_dir)
 
@@ -350,10 +364,16 @@ def main(argv=None) -> int:
         eval_results["params"] = parameter_block(model_args.model_name_or_path, after, model_args.trust_remote_code)
         eval_results["completed"] = True
         write_json_atomic(output_dir / "eval_results.json", eval_results)
+    url = None
     if run_args.push_to_hub and data_args.do_train and accelerator.is_main_process:
         url = push_folder_to_hub(output_dir / "final", run_args.hub_model_id, run_args.hub_private,
                                  f"SQuAD fine-tuning, step {train_state.step}")
-        logger.info(f"pushed final/ to {url}", main_process_only=True)
+    print_summary(f"SQuAD v{data_args.version()} " + ("fine-tuning" if data_args.do_train else "evaluation"), clock,
+                  {"steps": train_state.step if data_args.do_train else None, "exact_match": scores["exact_match"],
+                   "f1": scores["f1"], "questions": scores["total"]},
+                  {"final model": output_dir / "final" if data_args.do_train else None,
+                   "predictions": output_dir / "predictions.json", "results": output_dir / "eval_results.json",
+                   "pushed to": url}, output_dir, accelerator.is_main_process, notes=squad_repair_lines(data_report))
     return 0
 
 

@@ -38,6 +38,7 @@ from accelerate.logging import get_logger
 
 from train.common.batching import accumulation_windows, build_dataloader, step_seed
 from train.common.checkpointing import TrainState, save_checkpoint
+from train.common.console import RunClock, StepProgress, fmt, print_summary, show_bars
 from train.common.distributed import (agree_on_flags, check_replicas_in_sync, distributed_summary, is_deepspeed,
                                      start_run, zero3_init_as_configured)
 from train.common.errors import run_main
@@ -87,6 +88,7 @@ def main(argv=None) -> int:
     model_args, data_args, opt_args, run_args = parse_config(ARGS, argv, description=__doc__)
     check_sequence_length(data_args.max_seq_length, model_args.max_position_embeddings, "--max_position_embeddings")
     config = flat_config(model_args, data_args, opt_args, run_args)
+    clock = RunClock()
     preemption = PreemptionFlag()  # before anything slow: a signal during start-up is kept, not fatal
 
     go_offline_if_unreachable(hub_names(hub_resources(model_args, data_args)))  # asked once: preflight's answer
@@ -166,14 +168,17 @@ def main(argv=None) -> int:
         purge = {"tensorboard": {"purge_step": resume_step + 1}} if resume_step is not None else None
         accelerator.init_trackers("tensorboard", init_kwargs=purge)
 
+    bars = show_bars(run_args.disable_progress_bar)
+    progress = StepProgress(total_steps, train_state.step, bars, accelerator.is_main_process, logger)
+
     def run_evaluation(split: str) -> dict:
         result = evaluate_pretraining(model, eval_dataloaders[split], accelerator, len(splits[split]),
-                                      data_args.nsp)
+                                      data_args.nsp, progress=bars)
         epochs_done = train_state.epoch + train_state.batches_in_epoch / (steps_per_epoch * gas)
         record = {"epoch": round(epochs_done, 4), "step": train_state.step, **result}
         metrics.log({"split": split, **record}, prefix="eval" if split == "validation" else "test")
-        logger.info(f"{split} step {train_state.step}: perplexity {result['perplexity']:.3f} "
-                    f"mlm_loss {result['mlm_loss']:.4f} nsp_accuracy {result['nsp_accuracy']}", main_process_only=True)
+        progress.write(f"{split} step {train_state.step}: perplexity {fmt(result['perplexity'])} "
+                       f"mlm_loss {fmt(result['mlm_loss'])} nsp_accuracy {fmt(result['nsp_accuracy'])}")
         record.pop("num_examples")
         if split == "validation":
             eval_results["epochs"].append(record)
@@ -245,6 +250,7 @@ def main(argv=None) -> int:
                 lr_scheduler.step()
             train_state.step += 1
             train_state.batches_in_epoch += len(window)
+            progress.update()
             if nonfinite:
                 logger.warning(f"step {train_state.step}: non-finite loss or gradient "
                                f"({'update skipped' if skip_update else 'stopping'})", main_process_only=True)
@@ -260,9 +266,9 @@ def main(argv=None) -> int:
                               epoch=epoch + train_state.batches_in_epoch / (steps_per_epoch * gas),
                               grad_norm=float(grad_norm) if grad_norm is not None else None)
                 metrics.log(record, prefix="train")
-                logger.info(f"step {train_state.step}/{total_steps} loss {record['loss']:.4f} "
-                            f"(mlm {record['mlm_loss']:.4f}) lr {record['lr']:.2e} "
-                            f"{record['tokens_per_second']:.0f} tokens/s", main_process_only=True)
+                progress.log(train_state.step, {"loss": record["loss"], "mlm": record["mlm_loss"],
+                                                "nsp": record["nsp_loss"], "lr": record["lr"],
+                                                "tokens/s": round(record["tokens_per_second"])})
             timer.pause()
             if run_args.eval_steps and train_state.step % run_args.eval_steps == 0 and "validation" in eval_dataloaders:
                 run_evaluation("validation")
@@ -291,6 +297,7 @@ def main(argv=None) -> int:
             break
 
     # ---- stopped early: preempted or non-finite ----------------------------------------------------
+    progress.close()
     if stop is not None:
         accelerator.end_training()
         if stop == "preempted":
@@ -314,10 +321,17 @@ def main(argv=None) -> int:
     export_final_model(accelerator, model, unwrapped.model, tokenizer, output_dir / "final",
                        model_card(config, eval_results, train_state, distributed))
     accelerator.end_training()
+    url = None
     if run_args.push_to_hub and accelerator.is_main_process:
         url = push_folder_to_hub(output_dir / "final", run_args.hub_model_id, run_args.hub_private,
                                  f"BERT pretraining, step {train_state.step}")
-        logger.info(f"pushed final/ to {url}", main_process_only=True)
+    last = eval_results["epochs"][-1] if eval_results["epochs"] else {}
+    print_summary("pretraining", clock, {
+        "steps": train_state.step, "validation perplexity": last.get("perplexity"),
+        "validation nsp_accuracy": last.get("nsp_accuracy"),
+        "test perplexity": (eval_results.get("test") or {}).get("perplexity")},
+        {"final model": output_dir / "final", "metrics": output_dir / "metrics.jsonl", "pushed to": url},
+        output_dir, accelerator.is_main_process)
     return 0
 
 

@@ -27,13 +27,25 @@ class _DropNoise(logging.Filter):
         return not any(text in message for text in NOISE)
 
 
+class _StderrHandler(logging.StreamHandler):
+    """Writes to whatever sys.stderr is now (a test's capture, a redirected stream), not the one at set-up."""
+
+    @property
+    def stream(self):
+        return sys.stderr
+
+    @stream.setter
+    def stream(self, value):
+        pass
+
+
 def configure_logging(level: str = "info") -> None:
     """Our loggers at `level`, the libraries' at WARNING (all at DEBUG with level 'debug')."""
     debug = level.lower() == "debug"
     ours = getattr(logging, level.upper(), logging.INFO)
     root = logging.getLogger()
     if not any(getattr(h, "_ours", False) for h in root.handlers):
-        handler = logging.StreamHandler(sys.stderr)
+        handler = _StderrHandler()
         handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s", "%H:%M:%S"))
         handler._ours = True  # type: ignore[attr-defined]
         if not debug:
@@ -45,9 +57,10 @@ def configure_logging(level: str = "info") -> None:
     for name in LIBRARY_LOGGERS:
         lib = logging.getLogger(name)
         lib.setLevel(logging.DEBUG if debug else logging.WARNING)
-        if not debug:
-            for handler in lib.handlers:  # transformers and DeepSpeed install their own handlers
-                handler.addFilter(_DropNoise())
+        if not debug and not any(isinstance(f, _DropNoise) for f in lib.filters):
+            # On the logger, not only the root handler: transformers and DeepSpeed install handlers of their own
+            # (DeepSpeed when first imported, often at the first save), and a logger's filters outlive that.
+            lib.addFilter(_DropNoise())
     if not debug:
         os.environ.setdefault("TRANSFORMERS_VERBOSITY", "warning")
         try:
@@ -137,12 +150,12 @@ def print_summary(title: str, clock: RunClock, metrics: dict[str, Any], paths: d
     lines = [f"== {title}: done in {clock.elapsed()} =="]
     for name, value in metrics.items():
         if value is not None:
-            lines.append(f"  {name:<22} {fmt(value)}")
+            lines.append(f"  {name:<26} {fmt(value)}")
     for name, path in paths.items():
         if path is not None:
-            lines.append(f"  {name:<22} {path}")
+            lines.append(f"  {name:<26} {path}")
     for note in notes or []:
         lines.append(f"  note: {note}")
     if (output_dir / "tensorboard").is_dir():
-        lines.append(f"  {'curves':<22} tensorboard --logdir {output_dir}")
+        lines.append(f"  {'curves':<26} tensorboard --logdir {output_dir}")
     print("\n".join(lines), file=sys.stderr, flush=True)

@@ -35,6 +35,7 @@ from torch.utils.data import DataLoader, Dataset, Sampler
 
 from .args import ConfigError, flat_config
 from .batching import build_dataloader, default_num_workers
+from .console import eval_batches
 from .distributed import output_path
 from .preemption import write_marker
 from .run_folder import (MetricsLogger, check_output_dir, clear_run_files, load_eval_results, numeric_summary,
@@ -337,13 +338,14 @@ class EvalCollector:
 
 @torch.no_grad()
 def evaluate_outputs(model, dataloader, accelerator, expected: int,
-                     outputs_fn: Callable[[Any, dict], dict[str, torch.Tensor]]) -> dict[str, np.ndarray]:
+                     outputs_fn: Callable[[Any, dict], dict[str, torch.Tensor]],
+                     progress: bool = False) -> dict[str, np.ndarray]:
     """One pass over an evaluation loader: outputs_fn(model outputs, batch) -> per-example tensors, returned in
     dataset order for all `expected` examples on every rank."""
     was_training = model.training
     model.eval()
     collector = EvalCollector(accelerator, expected)
-    for batch in dataloader:
+    for batch in eval_batches(dataloader, progress, accelerator.is_main_process, "eval"):
         collector.add(batch["index"], **outputs_fn(model(**model_inputs(batch)), batch))
     if was_training:
         model.train()
@@ -385,7 +387,7 @@ class IntervalStats:
                 "_samples": int(values["samples"]), "_tokens": int(values["tokens"])}
 
     def log(self, accelerator, metrics, seconds: float, train_state, lr: float, grad_norm, batches_per_epoch: int,
-            total_steps: int, unit: str) -> None:
+            progress, unit: str) -> None:
         """One metrics.jsonl / TensorBoard line for the interval that ends at this optimizer step."""
         record = self.record(accelerator, seconds)
         train_state.samples_seen += record.pop("_samples")
@@ -393,8 +395,8 @@ class IntervalStats:
         record.update(step=train_state.step, lr=lr, grad_norm=float(grad_norm) if grad_norm is not None else None,
                       epoch=rounded_epoch(train_state.epoch, train_state.batches_in_epoch, batches_per_epoch))
         metrics.log(record, prefix="train")
-        logger.info(f"step {train_state.step}/{total_steps} loss {record['loss']:.4f} lr {lr:.2e} "
-                    f"{record['samples_per_second']:.1f} {unit}/s", main_process_only=True)
+        progress.log(train_state.step, {"loss": record["loss"], "lr": lr,
+                                        f"{unit}/s": round(record["samples_per_second"], 1)})
 
 
 # --------------------------------------------------------------------------------------------------------- seeds
@@ -520,3 +522,15 @@ def squad_gold_from_examples(examples: Sequence[dict], version: str) -> dict:
     return {"version": "v2.0" if version == "2.0" else "1.1",
             "data": [{"title": title, "paragraphs": [{"context": c, "qas": qas} for c, qas in paragraphs.items()]}
                      for title, paragraphs in articles.items()]}
+
+
+def squad_repair_lines(data_report: dict) -> list[str]:
+    """The answer repairs of each loaded SQuAD file, for the terminal (eval_results.json has the details)."""
+    lines = []
+    for role, report in data_report.items():
+        if report.get("answers_fixed") or report.get("answers_dropped") or report.get("questions_skipped"):
+            lines.append(f"{role} data ({report.get('source')}): {report['answers_fixed']} answer(s) moved to where "
+                         f"their text is, {report['answers_dropped']} dropped (text not near answer_start), "
+                         f"{report['questions_skipped']} question(s) skipped (no valid answer left); listed in "
+                         "eval_results.json data_report")
+    return lines

@@ -18,8 +18,10 @@ from pathlib import Path
 from typing import Callable, Iterable, Optional, Sequence
 
 OFFLINE_HINT = ("Offline? `accelerate launch train/pretrain.py --config train/configs/smoke.yaml` runs on the "
-                "repository's embedded sample; local files: --train_file (see README); HF_HUB_OFFLINE=1 uses the "
+                "repository's embedded sample; your own text: --train_file (README); HF_HUB_OFFLINE=1 uses the "
                 "local Hugging Face cache without asking the Hub")
+FINETUNE_HINT = ("--model_name_or_path takes a local folder too (a pretraining run's final/); HF_HUB_OFFLINE=1 "
+                 "uses the local Hugging Face cache without asking the Hub")
 _reachable: Optional[bool] = None
 
 
@@ -49,7 +51,14 @@ def hub_reachable(timeout: float = 4.0) -> bool:
 
 def hub_names(resources: Iterable[tuple[Optional[str], str]]) -> list[tuple[str, str]]:
     """The (name, kind) pairs that would be fetched from the Hub: not None and not a local path."""
-    return [(name, kind) for name, kind in resources if name and not Path(name).expanduser().exists()]
+    return [(name, kind) for name, kind in resources if name and looks_like_hub_id(name)]
+
+
+def looks_like_hub_id(name: str) -> bool:
+    """'bert-base-uncased', 'SetFit/sst5': not a path that exists, and not shaped like one (a missing local
+    folder is the loader's error to report, not the Hub's)."""
+    return (not Path(name).expanduser().exists() and not name.startswith(("/", ".", "~"))
+            and name.count("/") <= 1)
 
 
 def in_local_cache(name: str, kind: str) -> bool:
@@ -66,10 +75,10 @@ def in_local_cache(name: str, kind: str) -> bool:
 
 
 def _describe(resources: list[tuple[str, str]]) -> str:
-    return ", ".join(f"{name} ({'dataset' if kind == 'dataset' else 'model/tokenizer'})" for name, kind in resources)
+    return ", ".join(f"{name!r} ({'dataset' if kind == 'dataset' else 'model/tokenizer'})" for name, kind in resources)
 
 
-def go_offline_if_unreachable(resources: list[tuple[str, str]]) -> bool:
+def go_offline_if_unreachable(resources: list[tuple[str, str]], hint: str = OFFLINE_HINT) -> bool:
     """Call before loading `resources` from the Hub. Returns False when the run goes on offline (from the
     cache); raises HubUnreachableError at once when the cache cannot help either."""
     if not resources:
@@ -79,7 +88,7 @@ def go_offline_if_unreachable(resources: list[tuple[str, str]]) -> bool:
     missing = [(name, kind) for name, kind in resources if not in_local_cache(name, kind)]
     if missing:
         why = "HF_HUB_OFFLINE is set" if offline_mode() else "the Hugging Face Hub does not answer"
-        raise HubUnreachableError(f"{why} and the local cache has no {_describe(missing)}. {OFFLINE_HINT}")
+        raise HubUnreachableError(f"{why} and the local cache has no {_describe(missing)}. {hint}")
     if offline_mode():
         return False
     os.environ["HF_HUB_OFFLINE"] = os.environ["HF_DATASETS_OFFLINE"] = "1"
@@ -94,7 +103,8 @@ def go_offline_if_unreachable(resources: list[tuple[str, str]]) -> bool:
     return False
 
 
-def preflight(argument_types: Sequence[type], description: str, resources: Callable[..., list], argv=None) -> None:
+def preflight(argument_types: Sequence[type], description: str, resources: Callable[..., list],
+              hint: str = OFFLINE_HINT, argv=None) -> None:
     """Before a script's slow imports: answer --help at once, and ask the Hub once whether it is there; when
     neither the Hub nor the cache can provide what the run needs, say so now (one line, exit 2).
 
@@ -109,7 +119,7 @@ def preflight(argument_types: Sequence[type], description: str, resources: Calla
     except (SystemExit, Exception):
         return
     try:
-        go_offline_if_unreachable(hub_names(resources(*parsed)))
+        go_offline_if_unreachable(hub_names(resources(*parsed)), hint)
     except HubUnreachableError as err:
         if int(os.environ.get("RANK", "0")) == 0:
             print(f"error: {err}", file=sys.stderr)

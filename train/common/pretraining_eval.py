@@ -13,17 +13,20 @@ from typing import Optional
 
 import torch
 
+from .console import eval_batches
+
 
 class EvaluationCountError(RuntimeError):
     pass
 
 
 @torch.no_grad()
-def evaluate_pretraining(model, dataloader, accelerator, expected_examples: int, nsp: bool) -> dict[str, Optional[float]]:
+def evaluate_pretraining(model, dataloader, accelerator, expected_examples: int, nsp: bool,
+                         progress: bool = False) -> dict[str, Optional[float]]:
     was_training = model.training
     model.eval()
     gathered = []
-    for batch in dataloader:
+    for batch in eval_batches(dataloader, progress, accelerator.is_main_process, "eval"):
         sums = model(**batch)
         per_example = torch.stack([sums.mlm_nll.float(), sums.masked_tokens.float(), sums.nsp_nll.float(),
                                    sums.nsp_correct.float()], dim=1)
