@@ -1,6 +1,7 @@
 """The whole study in one command: pretrain -> fine-tune SST-5 -> fine-tune SQuAD -> parameter diffs -> report.
 
-    python launch/pipeline.py --smoke                       # CPU, minutes, local files under ../shared/data
+    python launch/pipeline.py --smoke                       # CPU, minutes, offline: ../shared/data or the sample
+    python launch/pipeline.py --smoke --data-dir DIR        # a folder laid out like ../shared/data (or data/sample)
     python launch/pipeline.py --accelerate-config multi_gpu --num-processes 8    # full size (hub data)
 
 Each stage runs its script through `accelerate launch` into RUNS/<stage>/ and is skipped when its output
@@ -10,8 +11,11 @@ the same options. Extra options for one stage: --pretrain-args "...", --sst-args
 
 Full size: bert-base-uncased-shaped BERT pretrained on WikiText-2 (train/configs/bert_base.yaml), then
 SST-5 (SetFit/sst5 from the hub, or --sst-trees-dir) and SQuAD v1.1 (hub) fine-tuned from it.
-Smoke: the tiny preset on ../shared/data/wikitext-2-raw/wiki.test.raw, SST on the PTB trees, SQuAD on 40
-articles of dev-v1.1.json (evaluated on the other 8), with small caps so it takes minutes on 2 cores.
+Smoke: the tiny preset, SST on the PTB trees, SQuAD on the first articles of one file (evaluated on the rest),
+with small caps so it takes minutes on 2 cores. The data, printed at the start: --data-dir DIR, else ../shared/data
+when it exists (WikiText-2 raw test split, all SST trees, SQuAD dev-v1.1: 40 articles train, 8 evaluate), else the
+embedded sample data/sample/ (SOURCES.md: 27 WikiText articles + 4 for the test split, every 5th/10th SST tree, 4
+SQuAD articles: 3 train, 1 evaluates). --wikitext-file, --sst-trees-dir and --squad-file replace single files.
 """
 
 from __future__ import annotations
@@ -26,11 +30,15 @@ from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
 SHARED = REPO.parent / "shared" / "data"
-SMOKE_DATA = {
-    "wikitext": SHARED / "wikitext-2-raw" / "wiki.test.raw",
-    "sst_trees": SHARED / "sst" / "trainDevTestTrees_PTB" / "trees",
-    "squad": SHARED / "squad" / "dev-v1.1.json",
-}
+SAMPLE = REPO / "data" / "sample"
+# Smoke inputs in the two layouts: ../shared/data (our machines; any --data-dir laid out like it) and the embedded
+# sample (in the repository, so a fresh clone runs offline). Only the sample has separate WikiText test articles
+# (the full layout has only WikiText-2's test split, used for training); squad_train_articles is --train_articles.
+SHARED_LAYOUT = {"wikitext": "wikitext-2-raw/wiki.test.raw", "wikitext_test": None,
+                 "sst_trees": "sst/trainDevTestTrees_PTB/trees", "squad": "squad/dev-v1.1.json",
+                 "squad_train_articles": 40}
+SAMPLE_LAYOUT = {"wikitext": "wikitext-2-raw/sample-train.raw", "wikitext_test": "wikitext-2-raw/sample-test.raw",
+                 "sst_trees": "sst/trees", "squad": "squad/sample-v1.1.json", "squad_train_articles": 3}
 
 
 class PipelineError(RuntimeError):
@@ -45,14 +53,18 @@ def stage_commands(args) -> dict[str, list[list[str]]]:
         launch += ["--num_processes", str(args.num_processes)]
     pretrained = str(runs / "pretrain" / "final")
     if args.smoke:
-        pretrain = ["--config", "train/configs/smoke.yaml", "--train_file", str(args.wikitext_file or SMOKE_DATA["wikitext"])]
+        data = smoke_data(args)
+        pretrain = ["--config", "train/configs/smoke.yaml", "--train_file", str(data["wikitext"])]
+        if data["wikitext_test"]:
+            pretrain += ["--test_file", str(data["wikitext_test"])]
         # The smoke presets are tuned for a pretrained MiniLM; the smoke pretraining gives a tiny, barely trained
         # BERT, which needs a 10x learning rate, and on SST the phrase labels, to learn more than the majority class.
-        sst = ["--config", "train/configs/sst_smoke.yaml", "--sst_trees_dir", str(args.sst_trees_dir or SMOKE_DATA["sst_trees"]),
+        sst = ["--config", "train/configs/sst_smoke.yaml", "--sst_trees_dir", str(data["sst_trees"]),
                "--train_on", "phrases", "--max_train_samples", "30000", "--num_train_epochs", "1",
                "--learning_rate", "1e-3"]
-        squad = ["--config", "train/configs/squad_smoke.yaml", "--train_file", str(args.squad_file or SMOKE_DATA["squad"]),
-                 "--train_articles", "40", "--max_train_samples", "3000", "--num_train_epochs", "1",
+        squad = ["--config", "train/configs/squad_smoke.yaml", "--train_file", str(data["squad"]),
+                 "--train_articles", str(data["squad_train_articles"]), "--max_train_samples", "3000",
+                 "--num_train_epochs", "1",
                  "--learning_rate", "1e-3",
                  # the smoke model was pretrained on 128-token instances (its position table ends there)
                  "--max_seq_length", "128", "--doc_stride", "32", "--max_query_length", "32"]
@@ -98,14 +110,54 @@ def stage_done(stage: str, runs: Path) -> bool:
     return False  # the report is cheap and reflects whatever is there now
 
 
+def smoke_folder(args) -> tuple[Path, dict, str]:
+    """The data folder of a smoke run, its layout, and why it was chosen."""
+    if args.data_dir:
+        folder = Path(args.data_dir).resolve()
+        # A folder with the sample's files is read as the sample (e.g. --data-dir data/sample).
+        layout = SAMPLE_LAYOUT if (folder / SAMPLE_LAYOUT["wikitext"]).is_file() else SHARED_LAYOUT
+        return folder, layout, "--data-dir"
+    if SHARED.is_dir():
+        return SHARED, SHARED_LAYOUT, "../shared/data exists"
+    return SAMPLE, SAMPLE_LAYOUT, "embedded sample; ../shared/data not found"
+
+
+def smoke_data(args) -> dict:
+    """Every input of a smoke run. A single-file option replaces that file only; a --wikitext-file of your own is
+    not evaluated on the sample's WikiText test articles, and a --squad-file of your own trains on its first 40."""
+    folder, layout, _ = smoke_folder(args)
+    data = {key: folder / layout[key] for key in ("wikitext", "sst_trees", "squad")}
+    data["wikitext_test"] = folder / layout["wikitext_test"] if layout["wikitext_test"] else None
+    data["squad_train_articles"] = layout["squad_train_articles"]
+    if args.wikitext_file:
+        data["wikitext"], data["wikitext_test"] = Path(args.wikitext_file), None
+    if args.sst_trees_dir:
+        data["sst_trees"] = Path(args.sst_trees_dir)
+    if args.squad_file:
+        data["squad"], data["squad_train_articles"] = Path(args.squad_file), SHARED_LAYOUT["squad_train_articles"]
+    return data
+
+
 def check_inputs(args) -> None:
     if not args.smoke:
+        if args.data_dir:
+            raise PipelineError("--data-dir is for --smoke; the full-size run reads the hub (or --wikitext-file, "
+                                "--sst-trees-dir, --squad-file)")
         return
-    for key, path in (("wikitext", args.wikitext_file), ("sst_trees", args.sst_trees_dir), ("squad", args.squad_file)):
-        path = Path(path or SMOKE_DATA[key])
-        if not path.exists():
-            raise PipelineError(f"--smoke needs local data: {path} is missing (pass --{key.replace('_', '-')}"
-                                f"{'-dir' if key == 'sst_trees' else '-file'} PATH)")
+    folder, _, why = smoke_folder(args)
+    if args.data_dir and not folder.is_dir():
+        raise PipelineError(f"--data-dir {args.data_dir}: no such folder")
+    data = smoke_data(args)
+    for key, option in (("wikitext", "--wikitext-file"), ("wikitext_test", "--wikitext-file"),
+                        ("sst_trees", "--sst-trees-dir"), ("squad", "--squad-file")):
+        path = data[key]
+        if path is not None and not path.exists():
+            raise PipelineError(f"--smoke needs local data: {path} is missing (pass {option} PATH, or --data-dir DIR "
+                                "laid out like ../shared/data)")
+    print(f"[pipeline] data: {folder} ({why})", flush=True)
+    for key in ("wikitext", "wikitext_test", "sst_trees", "squad"):
+        if data[key] is not None:
+            print(f"[pipeline]   {key}: {data[key]}", flush=True)
 
 
 def main(argv=None) -> int:
@@ -115,6 +167,8 @@ def main(argv=None) -> int:
     parser.add_argument("--accelerate-config", default=None, help="name in accelerate_configs/ or a path "
                         "(default: cpu with --smoke, else multi_gpu)")
     parser.add_argument("--num-processes", type=int, default=None)
+    parser.add_argument("--data-dir", default=None, help="--smoke data: a folder laid out like ../shared/data "
+                        "(default: ../shared/data when it exists, else the embedded sample data/sample)")
     parser.add_argument("--wikitext-file", default=None)
     parser.add_argument("--sst-trees-dir", default=None)
     parser.add_argument("--squad-file", default=None)
