@@ -27,6 +27,18 @@ class _DropNoise(logging.Filter):
         return not any(text in message for text in NOISE)
 
 
+class _OurNames(logging.Filter):
+    """'pretrain' instead of '__main__', and no '[RANK 0]' (accelerate's prefix) when there is one process."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        if record.name == "__main__":
+            record.name = os.path.splitext(os.path.basename(sys.argv[0]))[0] or record.name
+        if isinstance(record.msg, str) and record.msg.startswith("[RANK 0] ") and \
+                int(os.environ.get("WORLD_SIZE", "1")) <= 1:
+            record.msg = record.msg[len("[RANK 0] "):]
+        return True
+
+
 class _StderrHandler(logging.StreamHandler):
     """Writes to whatever sys.stderr is now (a test's capture, a redirected stream), not the one at set-up."""
 
@@ -39,8 +51,9 @@ class _StderrHandler(logging.StreamHandler):
         pass
 
 
-def configure_logging(level: str = "info") -> None:
-    """Our loggers at `level`, the libraries' at WARNING (all at DEBUG with level 'debug')."""
+def configure_logging(level: str = "info", bars: bool = True) -> None:
+    """Our loggers at `level`, the libraries' at WARNING (all at DEBUG with level 'debug'); the libraries' own
+    progress bars (datasets' "Generating train split") only on a terminal and unless bars are off."""
     debug = level.lower() == "debug"
     ours = getattr(logging, level.upper(), logging.INFO)
     root = logging.getLogger()
@@ -48,6 +61,7 @@ def configure_logging(level: str = "info") -> None:
         handler = _StderrHandler()
         handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s", "%H:%M:%S"))
         handler._ours = True  # type: ignore[attr-defined]
+        handler.addFilter(_OurNames())
         if not debug:
             handler.addFilter(_DropNoise())
         root.addHandler(handler)
@@ -61,6 +75,10 @@ def configure_logging(level: str = "info") -> None:
             # On the logger, not only the root handler: transformers and DeepSpeed install handlers of their own
             # (DeepSpeed when first imported, often at the first save), and a logger's filters outlive that.
             lib.addFilter(_DropNoise())
+    if not show_bars(not bars):
+        os.environ["HF_DATASETS_DISABLE_PROGRESS_BARS"] = "1"  # read when datasets is imported ...
+        if "datasets" in sys.modules:  # ... and it usually is by now
+            sys.modules["datasets"].disable_progress_bars()
     if not debug:
         os.environ.setdefault("TRANSFORMERS_VERBOSITY", "warning")
         try:

@@ -30,7 +30,8 @@ def _expected() -> tuple[type[BaseException], ...]:
 
 def run_main(main: Callable[[], int]) -> int:
     from .console import configure_logging
-    configure_logging("debug" if _log_level_from_argv() == "debug" else "info")
+    configure_logging("debug" if _log_level_from_argv() == "debug" else "info",
+                      bars="--disable_progress_bar" not in sys.argv[1:])
     from .run_folder import forget_output_dirs
     forget_output_dirs()  # an earlier in-process run's folders are not this run's to clean up
     try:
