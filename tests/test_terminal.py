@@ -98,8 +98,12 @@ def test_smoke_run_prints_our_lines_a_summary_and_records_what_it_used(corpus_di
     for noise in ("Saving current state", "Random states saved", "Removed shared tensor", "Setting accelerator to",
                   "Writing model shards"):
         assert noise not in err, noise
-    assert "== pretraining: done in" in err and f"final model" in err and f"tensorboard --logdir {out}" in err
+    assert "== pretraining: done in" in err and "final model" in err and f"tensorboard --logdir {out}" in err
     assert "step 4/4 loss" in err and "validation step 4: perplexity" in err  # no terminal: plain lines
+    assert "unigram baseline" in err and "majority baseline" in err  # no figure without its baseline
+    import json
+    last = json.loads((out / "eval_results.json").read_text())["epochs"][-1]
+    assert last["unigram_perplexity"] > 1 and 0.5 <= last["nsp_majority_accuracy"] <= 1
     # --log_level debug brings the libraries back
     shutil.rmtree(out)
     debug = run([sys.executable, "train/pretrain.py", *args, "--log_level", "debug"])

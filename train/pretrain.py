@@ -47,7 +47,7 @@ from train.common.masking import IndexedDataset, PretrainingCollator, max_predic
 from train.common.optim import build_optimizer, build_scheduler
 from train.common.preemption import PreemptionFlag, write_marker
 from train.common.pretraining_data import build_pretraining_datasets, load_corpus
-from train.common.pretraining_eval import evaluate_pretraining
+from train.common.pretraining_eval import baseline_notes, evaluate_pretraining, training_baselines
 from train.common.pretraining_model import (PretrainingObjective, build_bert_config, build_pretraining_model)
 from train.common.pretraining_setup import model_card, obtain_tokenizer
 from train.common.resume import resume_from_checkpoint
@@ -104,6 +104,7 @@ def main(argv=None) -> int:
         tokenizer = obtain_tokenizer(data_args, corpus, output_dir, accelerator.is_main_process)
     with accelerator.local_main_process_first():
         splits = build_pretraining_datasets(corpus, tokenizer, data_args, run_args.seed)
+    baselines = training_baselines(splits["train"], len(tokenizer), tokenizer.all_special_ids)
     positions_per_row = (max_predictions_per_seq(data_args.mlm_probability, data_args.max_seq_length)
                          if model_args.sparse_mlm_head else None)
     train_collator = PretrainingCollator(tokenizer, data_args.mlm_probability, data_args.whole_word_masking,
@@ -173,12 +174,13 @@ def main(argv=None) -> int:
 
     def run_evaluation(split: str) -> dict:
         result = evaluate_pretraining(model, eval_dataloaders[split], accelerator, len(splits[split]),
-                                      data_args.nsp, progress=bars)
+                                      data_args.nsp, progress=bars, baselines=baselines)
         epochs_done = train_state.epoch + train_state.batches_in_epoch / (steps_per_epoch * gas)
         record = {"epoch": round(epochs_done, 4), "step": train_state.step, **result}
         metrics.log({"split": split, **record}, prefix="eval" if split == "validation" else "test")
-        progress.write(f"{split} step {train_state.step}: perplexity {fmt(result['perplexity'])} "
-                       f"mlm_loss {fmt(result['mlm_loss'])} nsp_accuracy {fmt(result['nsp_accuracy'])}")
+        progress.write(f"{split} step {train_state.step}: perplexity {fmt(result['perplexity'])} (unigram "
+                       f"{fmt(result['unigram_perplexity'])}) mlm_loss {fmt(result['mlm_loss'])} nsp_accuracy "
+                       f"{fmt(result['nsp_accuracy'])} (majority {fmt(result['nsp_majority_accuracy'])})")
         record.pop("num_examples")
         if split == "validation":
             eval_results["epochs"].append(record)
@@ -328,10 +330,12 @@ def main(argv=None) -> int:
     last = eval_results["epochs"][-1] if eval_results["epochs"] else {}
     print_summary("pretraining", clock, {
         "steps": train_state.step, "validation perplexity": last.get("perplexity"),
-        "validation nsp_accuracy": last.get("nsp_accuracy"),
-        "test perplexity": (eval_results.get("test") or {}).get("perplexity")},
+        "  unigram baseline": last.get("unigram_perplexity"), "validation nsp_accuracy": last.get("nsp_accuracy"),
+        "  majority baseline": last.get("nsp_majority_accuracy"),
+        "test perplexity": (eval_results.get("test") or {}).get("perplexity"),
+        "  unigram baseline ": (eval_results.get("test") or {}).get("unigram_perplexity")},
         {"final model": output_dir / "final", "metrics": output_dir / "metrics.jsonl", "pushed to": url},
-        output_dir, accelerator.is_main_process)
+        output_dir, accelerator.is_main_process, notes=baseline_notes(eval_results.get("test") or last))
     return 0
 
 

@@ -9,6 +9,7 @@ exp(mean of per-batch means) and never exp(MLM + NSP).
 from __future__ import annotations
 
 import math
+from dataclasses import dataclass
 from typing import Optional
 
 import torch
@@ -20,20 +21,47 @@ class EvaluationCountError(RuntimeError):
     pass
 
 
+@dataclass
+class Baselines:
+    """What a model that learnt nothing but word frequencies scores on the same fixed masks: a unigram model
+    (token frequencies of the training instances, add-one smoothed over the non-special vocabulary). NSP's
+    baseline, the best constant answer on the evaluated split (its majority label's rate), needs no training."""
+    log_probs: torch.Tensor  # [vocab] float64; special tokens never are labels (-inf)
+
+
+def training_baselines(train_split, vocab_size: int, special_ids) -> Baselines:
+    import numpy as np
+    tokens = train_split.data.column("input_ids").combine_chunks().flatten().to_numpy(zero_copy_only=False)
+    counts = np.bincount(tokens.astype(np.int64), minlength=vocab_size).astype(np.float64)
+    special = np.zeros(vocab_size, dtype=bool)
+    special[list(special_ids)] = True
+    counts[special] = 0.0
+    smoothed = np.where(special, 0.0, counts + 1.0)
+    return Baselines(torch.from_numpy(np.log(smoothed / smoothed.sum())))
+
+
 @torch.no_grad()
 def evaluate_pretraining(model, dataloader, accelerator, expected_examples: int, nsp: bool,
-                         progress: bool = False) -> dict[str, Optional[float]]:
+                         progress: bool = False, baselines: Optional[Baselines] = None) -> dict[str, Optional[float]]:
     was_training = model.training
     model.eval()
     gathered = []
+    log_probs = baselines.log_probs.to(accelerator.device) if baselines is not None else None
     for batch in eval_batches(dataloader, progress, accelerator.is_main_process, "eval"):
         sums = model(**batch)
-        per_example = torch.stack([sums.mlm_nll.float(), sums.masked_tokens.float(), sums.nsp_nll.float(),
-                                   sums.nsp_correct.float()], dim=1)
+        columns = [sums.mlm_nll.float(), sums.masked_tokens.float(), sums.nsp_nll.float(), sums.nsp_correct.float()]
+        if log_probs is not None:  # the same masked positions the model was scored on
+            labels = batch["labels"]
+            masked = labels != -100
+            columns.append(torch.where(masked, -log_probs[labels.clamp(min=0)], 0.0).sum(dim=1).float())
+            columns.append(batch["next_sentence_label"].float() if nsp and "next_sentence_label" in batch
+                           else torch.zeros_like(columns[0]))
+        per_example = torch.stack(columns, dim=1)
         gathered.append(accelerator.gather_for_metrics(per_example).to("cpu", torch.float64))
     if was_training:
         model.train()
-    table = torch.cat(gathered) if gathered else torch.zeros(0, 4, dtype=torch.float64)
+    width = 6 if baselines is not None else 4
+    table = torch.cat(gathered) if gathered else torch.zeros(0, width, dtype=torch.float64)
     if table.shape[0] != expected_examples:
         raise EvaluationCountError(f"evaluated {table.shape[0]} examples but the split has {expected_examples}: "
                                    "the distributed sampler padded or dropped samples")
@@ -41,11 +69,12 @@ def evaluate_pretraining(model, dataloader, accelerator, expected_examples: int,
 
 
 def summarize_pretraining_eval(table: torch.Tensor, nsp: bool) -> dict[str, Optional[float]]:
-    """table: float64 [N, 4] of per-example (mlm_nll_sum, masked_tokens, nsp_nll, nsp_correct)."""
+    """table: float64 [N, 4] of per-example (mlm_nll_sum, masked_tokens, nsp_nll, nsp_correct), or [N, 6] with
+    the baselines' (unigram_nll_sum, next_sentence_label)."""
     nll, masked = table[:, 0].sum().item(), table[:, 1].sum().item()
     examples = table.shape[0]
     mlm_loss = nll / masked if masked else float("nan")
-    return {
+    result = {
         "mlm_loss": mlm_loss,
         "perplexity": math.exp(mlm_loss) if masked else float("nan"),
         "nsp_loss": table[:, 2].sum().item() / examples if nsp and examples else None,
@@ -53,3 +82,21 @@ def summarize_pretraining_eval(table: torch.Tensor, nsp: bool) -> dict[str, Opti
         "masked_tokens": int(masked),
         "num_examples": examples,
     }
+    if table.shape[1] == 6:
+        result["unigram_perplexity"] = math.exp(table[:, 4].sum().item() / masked) if masked else float("nan")
+        positive = table[:, 5].sum().item() / examples if nsp and examples else None
+        result["nsp_majority_accuracy"] = max(positive, 1.0 - positive) if positive is not None else None
+    return result
+
+
+def baseline_notes(result: dict) -> list[str]:
+    """Plain words when the model has not beaten what word frequencies or a constant answer give."""
+    notes = []
+    if result.get("unigram_perplexity") is not None and not result["perplexity"] < result["unigram_perplexity"]:
+        notes.append(f"MLM does not beat the unigram baseline: perplexity {result['perplexity']:.1f} vs "
+                     f"{result['unigram_perplexity']:.1f} from training-split token frequencies on the same masks")
+    if result.get("nsp_majority_accuracy") is not None and result.get("nsp_accuracy") is not None \
+            and result["nsp_accuracy"] <= result["nsp_majority_accuracy"] + 0.02:
+        notes.append(f"NSP is at chance: accuracy {result['nsp_accuracy']:.3f} vs {result['nsp_majority_accuracy']:.3f} "
+                     "always giving the majority answer")
+    return notes
