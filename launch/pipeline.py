@@ -30,6 +30,7 @@ from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
 SHARED = REPO.parent / "shared" / "data"
+RECORD = "pipeline_commands.json"  # per stage folder: the commands that made it
 SAMPLE = REPO / "data" / "sample"
 # Smoke inputs in the two layouts: ../shared/data (our machines; any --data-dir laid out like it) and the embedded
 # sample (in the repository, so a fresh clone runs offline). Only the sample has separate WikiText test articles
@@ -102,7 +103,18 @@ def accelerate_config(name: str) -> Path:
     return path
 
 
-def stage_done(stage: str, runs: Path) -> bool:
+def portable(commands: list[list[str]]) -> list[list[str]]:
+    """The interpreter's path is not part of what a stage computed (another venv may rerun it)."""
+    return [["python" if arg == sys.executable else arg for arg in cmd] for cmd in commands]
+
+
+def stage_done(stage: str, runs: Path, commands: list[list[str]]) -> bool:
+    """Complete, and made by these very commands: a finished stage of another run (other data, other options)
+    is neither reused nor overwritten."""
+    recorded = runs / stage / RECORD
+    if recorded.is_file() and json.loads(recorded.read_text()) != portable(commands):
+        raise PipelineError(f"{runs / stage} holds a stage made by other commands (other data or options, see "
+                            f"{recorded}); pass --runs-dir NEW_FOLDER, or delete {runs / stage} to redo it")
     if stage in ("pretrain", "sst", "squad"):
         return (runs / stage / "final" / "model.safetensors").is_file() and (runs / stage / "eval_results.json").is_file()
     if stage == "params":
@@ -188,9 +200,16 @@ def main(argv=None) -> int:
         return 2
     timings = {}
     for stage in args.stages.split(","):
-        if stage_done(stage, runs):
-            print(f"[pipeline] {stage}: complete, skipped", flush=True)
-            continue
+        try:
+            if stage_done(stage, runs, commands[stage]):
+                print(f"[pipeline] {stage}: complete, skipped", flush=True)
+                continue
+        except PipelineError as err:
+            print(f"error: {err}", file=sys.stderr)
+            return 2
+        if not args.dry_run and stage != "report":
+            (runs / stage).mkdir(parents=True, exist_ok=True)
+            (runs / stage / RECORD).write_text(json.dumps(portable(commands[stage])) + "\n")
         for cmd in commands[stage]:
             if stage in ("pretrain", "sst", "squad") and (runs / stage / "config.yaml").is_file():
                 cmd = cmd + ["--resume_from_checkpoint", "latest"]  # an earlier attempt: continue it

@@ -54,16 +54,16 @@ TABLE: dict[str, Spec] = {
              creates=("runs/smoke/final/model.safetensors", "runs/smoke/eval_results.json", "runs/smoke/tokenizer")),
     "accelerate launch train/pretrain.py": Spec(PARSE, offline=True, why="bert-base on the hub's WikiText-2"),
     "python -m pytest -q": Spec(SKIP, why="the test suite itself, this file included (.ci/run runs it)"),
-    # TEXT: a generated WikiText-style file. The preset's runs/smoke holds the run above (a second run there is
-    # refused), so this alternative gets its own folder.
-    "accelerate launch train/pretrain.py --config train/configs/smoke.yaml --train_file TEXT":
-        Spec(RUN, subs=(("TEXT", "{text_file}"),), add=PRETRAIN_SMOKE + " --output_dir runs/smoke_text", slow=True,
+    # TEXT: a generated WikiText-style file (the command names its own folder: runs/smoke holds the run above).
+    "accelerate launch train/pretrain.py --config train/configs/smoke.yaml --train_file TEXT --output_dir "
+    "runs/smoke_text":
+        Spec(RUN, subs=(("TEXT", "{text_file}"),), add=PRETRAIN_SMOKE, slow=True,
              creates=("runs/smoke_text/final/model.safetensors",)),
     # ---- README.md: several processes, GPUs, DeepSpeed ----
-    # TEXT as above; its own folder too (runs/smoke is taken).
+    # TEXT as above.
     "accelerate launch --config_file accelerate_configs/cpu_ddp.yaml train/pretrain.py --config "
-    "train/configs/smoke.yaml --train_file TEXT":
-        Spec(RUN, subs=(DDP_PORT, ("TEXT", "{text_file}")), add=PRETRAIN_SMOKE + " --output_dir runs/smoke_ddp",
+    "train/configs/smoke.yaml --train_file TEXT --output_dir runs/smoke_ddp":
+        Spec(RUN, subs=(DDP_PORT, ("TEXT", "{text_file}")), add=PRETRAIN_SMOKE,
              slow=True,
              creates=("runs/smoke_ddp/final/model.safetensors",), check=ddp_run("runs/smoke_ddp")),
     "accelerate launch --config_file accelerate_configs/single_gpu.yaml train/pretrain.py":

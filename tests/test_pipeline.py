@@ -103,3 +103,16 @@ def test_missing_smoke_data_is_named(tmp_path):
                            "--wikitext-file", str(tmp_path / "nope.raw")], cwd=REPO, capture_output=True, text=True)
     assert proc.returncode == 2
     assert "nope.raw is missing" in proc.stderr and "--wikitext-file" in proc.stderr
+
+
+@pytest.mark.slow
+def test_a_complete_stage_of_other_commands_is_neither_reused_nor_overwritten(smoke, data):
+    """E.g. `--smoke` then `--smoke --data-dir DIR` into the same runs folder: the finished stages were made from
+    other data; skipping them would report the old numbers as the new ones."""
+    runs, _ = smoke
+    before = (runs / "pretrain" / "final" / "model.safetensors").stat().st_mtime_ns
+    proc = pipeline(runs, data, "--pretrain-args", PRETRAIN + " --seed 3")
+    assert proc.returncode == 2
+    assert "holds a stage made by other commands" in proc.stderr and "--runs-dir" in proc.stderr
+    assert "complete, skipped" not in proc.stdout
+    assert (runs / "pretrain" / "final" / "model.safetensors").stat().st_mtime_ns == before
