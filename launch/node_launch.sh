@@ -62,8 +62,12 @@ forward() {
 trap 'forward USR1' USR1
 trap 'forward TERM' TERM
 
+# The launcher ignores USR1 (its default action would kill it) and TERM: SLURM sends TERM to every process of the
+# step, and a one-process launcher that died of it would end the step, and the training process with it, before
+# its checkpoint is written. This script forwards both to the training processes; the launcher waits for them.
+# (They install their own handlers first thing, so the inherited "ignore" does not reach them.)
 # shellcheck disable=SC2086
-(trap '' USR1; exec ${ACCELERATE:-accelerate} launch \
+(trap '' USR1 TERM; exec ${ACCELERATE:-accelerate} launch \
     --config_file "$ACCELERATE_CONFIG" \
     --num_machines "$num_machines" --machine_rank "$machine_rank" --num_processes "$num_processes" \
     --main_process_ip "$MAIN_PROCESS_IP" --main_process_port "$MAIN_PROCESS_PORT" \
