@@ -105,7 +105,10 @@ def pretrain_argv(p: dict[str, Any], compiled: bool) -> list[str]:
     argv += ["--max_seq_length", str(p["seq"]), "--per_device_train_batch_size", str(p["batch"]),
              "--max_train_steps", str(p["steps"]), "--logging_steps", str(p["log_every"]),
              "--checkpointing_steps", "none", "--report_to", "none", "--dataloader_num_workers", str(p["workers"]),
-             "--learning_rate", "1e-4", "--warmup_ratio", "0.01", "--seed", "42"]
+             "--learning_rate", "1e-4", "--warmup_ratio", "0.01", "--seed", "42",
+             # The data functions are replaced (patch_pretrain_data): local-text options, so the script does not
+             # ask the Hub for the default dataset and tokenizer it will never load.
+             "--train_file", "synthetic", "--train_tokenizer", "30522"]
     return argv + (["--torch_compile"] if compiled else [])
 
 

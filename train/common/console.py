@@ -77,8 +77,9 @@ def configure_logging(level: str = "info", bars: bool = True) -> None:
             lib.addFilter(_DropNoise())
     if not show_bars(not bars):
         os.environ["HF_DATASETS_DISABLE_PROGRESS_BARS"] = "1"  # read when datasets is imported ...
-        if "datasets" in sys.modules:  # ... and it usually is by now
-            sys.modules["datasets"].disable_progress_bars()
+        disable = getattr(sys.modules.get("datasets"), "disable_progress_bars", None)
+        if disable is not None:  # ... and it usually is imported by now
+            disable()
     if not debug:
         os.environ.setdefault("TRANSFORMERS_VERBOSITY", "warning")
         try:

@@ -31,7 +31,10 @@ class Baselines:
 
 def training_baselines(train_split, vocab_size: int, special_ids) -> Baselines:
     import numpy as np
-    tokens = train_split.data.column("input_ids").combine_chunks().flatten().to_numpy(zero_copy_only=False)
+    try:
+        tokens = train_split.data.column("input_ids").combine_chunks().flatten().to_numpy(zero_copy_only=False)
+    except AttributeError:  # not an Arrow dataset (the benchmarks' synthetic columns)
+        tokens = np.concatenate([np.asarray(train_split[i]["input_ids"]) for i in range(len(train_split))])
     counts = np.bincount(tokens.astype(np.int64), minlength=vocab_size).astype(np.float64)
     special = np.zeros(vocab_size, dtype=bool)
     special[list(special_ids)] = True
