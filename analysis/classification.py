@@ -30,7 +30,7 @@ import json
 import numbers
 import sys
 from collections import Counter
-from typing import Hashable, Sequence
+from collections.abc import Hashable, Sequence
 
 import numpy as np
 

@@ -29,7 +29,7 @@ import math
 import os
 import sys
 from pathlib import Path
-from typing import Any, Optional
+from typing import Any
 
 import torch
 
@@ -67,7 +67,7 @@ READ_CHUNK_BYTES = 1 << 20
 CONTROL_BYTES = bytes(b for b in range(32) if b not in b"\t\n\x0b\x0c\r\x1b") + b"\x7f"
 
 
-def binary_offset(chunk: bytes, first: bool) -> Optional[int]:
+def binary_offset(chunk: bytes, first: bool) -> int | None:
     """Where `chunk` shows it is not text: a NUL byte anywhere, or (in the file's first chunk, where a weights or
     archive file shows it) more than 1% control bytes; None for text, including text in another encoding."""
     if 0 in chunk:
@@ -116,7 +116,7 @@ def check_text_file(file: str) -> None:
         raise PerplexityError(f"--file {file}: contains only whitespace, no text; {TEXT_FIX}")
 
 
-def load_lines(file: Optional[str], dataset: Optional[str], dataset_config: Optional[str], split: str):
+def load_lines(file: str | None, dataset: str | None, dataset_config: str | None, split: str):
     import datasets
     if file:  # compute_perplexity has run check_text_file on it
         return datasets.load_dataset("text", data_files={"eval": file})["eval"]
@@ -209,11 +209,12 @@ def pseudo_perplexity(objective: PretrainingObjective, instances, tokenizer, acc
             "tokens_scored": len(all_scores), "sequences": len(plan)}
 
 
-def compute_perplexity(model_dir: str | Path, *, file: Optional[str] = None, dataset: Optional[str] = None,
-                       dataset_config: Optional[str] = None, split: str = "test", mode: str = "mlm",
+def compute_perplexity(model_dir: str | Path, *, file: str | None = None, dataset: str | None = None,
+                       dataset_config: str | None = None, split: str = "test", mode: str = "mlm",
                        batch_size: int = 64, max_tokens: int = 10_000, split_name: str = "test",
                        **overrides) -> dict[str, Any]:
     from accelerate import Accelerator
+
     from train.common.distributed import check_launch, deepspeed_requested
 
     model_dir = Path(model_dir)

@@ -40,7 +40,8 @@ import re
 import string
 import sys
 import time
-from typing import Any, Iterable, Mapping
+from collections.abc import Iterable, Mapping
+from typing import Any
 
 # text_metrics imports sacrebleu/rouge/nltk only inside its functions, so this costs nothing without --aux.
 from analysis.text_metrics import WordNetMissingError, text_metrics

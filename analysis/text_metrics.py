@@ -27,7 +27,7 @@ from __future__ import annotations
 
 import re
 import warnings
-from typing import Sequence
+from collections.abc import Sequence
 
 NOTE = ("auxiliary metrics: n-gram overlap on short extractive answers; EM/F1 are the primary SQuAD metrics. "
         "bleu 0..100 (sacrebleu corpus BLEU), rouge*/meteor 0..1 (mean over examples)")

@@ -15,8 +15,9 @@ import resource
 import statistics
 import sys
 import time
+from collections.abc import Iterable, Sequence
 from pathlib import Path
-from typing import Any, Iterable, Optional, Sequence
+from typing import Any
 
 REPO = Path(__file__).resolve().parents[1]
 SHARED_DATA = REPO.parent / "shared" / "data"
@@ -81,7 +82,7 @@ def summarize(values: Sequence[float]) -> dict[str, Any]:
             "values": [round(v, 6) for v in values]}
 
 
-def percentile(values: Sequence[float], q: float) -> Optional[float]:
+def percentile(values: Sequence[float], q: float) -> float | None:
     """Nearest-rank percentile (q in [0, 1])."""
     ordered = sorted(values)
     if not ordered:
@@ -98,13 +99,13 @@ def fast_phase_ratio(ours: Sequence[float], baseline: Sequence[float], q: float 
             "ours": a, "baseline": b, "ratio": safe_ratio(a, b)}
 
 
-def safe_ratio(a: Optional[float], b: Optional[float]) -> Optional[float]:
+def safe_ratio(a: float | None, b: float | None) -> float | None:
     if a is None or b is None or b == 0 or not math.isfinite(a) or not math.isfinite(b):
         return None
     return a / b
 
 
-def target(name: str, value: Optional[float], threshold: float, higher_is_better: bool = True,
+def target(name: str, value: float | None, threshold: float, higher_is_better: bool = True,
            note: str = "") -> dict[str, Any]:
     met = value is not None and (value >= threshold if higher_is_better else value <= threshold)
     record = {"name": name, "value": value, "threshold": threshold,
@@ -114,7 +115,7 @@ def target(name: str, value: Optional[float], threshold: float, higher_is_better
     return record
 
 
-def emit(result: dict[str, Any], out: Optional[str]) -> None:
+def emit(result: dict[str, Any], out: str | None) -> None:
     """ONE JSON object on stdout (everything else the benchmark printed went to stderr)."""
     text = json.dumps(result, indent=2, allow_nan=False, default=str)
     sys.__stdout__.write(text + "\n")
@@ -219,8 +220,8 @@ def make_step_timer():
         def __init__(self):
             self.times: list[float] = []
             self.cpu_times: list[float] = []
-            self.start: Optional[float] = None
-            self.cpu_start: Optional[float] = None
+            self.start: float | None = None
+            self.cpu_start: float | None = None
 
         def _now(self) -> float:
             if torch.cuda.is_available():

@@ -26,11 +26,28 @@ from pathlib import Path
 if __package__ in (None, ""):
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from bench.common import (WIKITEXT_TEST, describe_shape, emit, environment, machine_probe,  # noqa: E402
-                          mixed_precision_env, quiet_libraries, safe_ratio, set_offline_env, stdout_to_stderr,
-                          summarize, target)
-from bench.pretrain_throughput import (DEFAULT_BATCH, ours_argv, parse_pretrain_args, resolve_tokenizer,  # noqa: E402
-                                       shape_settings, write_preset)
+from bench.common import (  # noqa: E402
+    WIKITEXT_TEST,
+    describe_shape,
+    emit,
+    environment,
+    machine_probe,
+    mixed_precision_env,
+    quiet_libraries,
+    safe_ratio,
+    set_offline_env,
+    stdout_to_stderr,
+    summarize,
+    target,
+)
+from bench.pretrain_throughput import (  # noqa: E402
+    DEFAULT_BATCH,
+    ours_argv,
+    parse_pretrain_args,
+    resolve_tokenizer,
+    shape_settings,
+    write_preset,
+)
 
 TARGET = 1.0  # ours / Trainer samples per second: never slower than the standard evaluation
 

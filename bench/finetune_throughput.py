@@ -32,10 +32,27 @@ from typing import Any
 if __package__ in (None, ""):
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from bench.common import (REPO, SQUAD_DEV, SST_DIR, emit, environment, fast_phase_ratio,  # noqa: E402
-                          machine_probe, make_step_timer, mixed_precision_env, quiet_libraries, read_jsonl,
-                          reset_accelerate_state, restored_signal_handlers, safe_ratio, set_offline_env, stdout_to_stderr, steady_state,
-                          summarize, target)
+from bench.common import (  # noqa: E402
+    REPO,
+    SQUAD_DEV,
+    SST_DIR,
+    emit,
+    environment,
+    fast_phase_ratio,
+    machine_probe,
+    make_step_timer,
+    mixed_precision_env,
+    quiet_libraries,
+    read_jsonl,
+    reset_accelerate_state,
+    restored_signal_handlers,
+    safe_ratio,
+    set_offline_env,
+    stdout_to_stderr,
+    steady_state,
+    summarize,
+    target,
+)
 
 TASKS = {
     "sst": {"script": REPO / "train" / "finetune_classification.py", "module": "train.finetune_classification",
@@ -116,8 +133,14 @@ def run_ours(task: str, argv: list[str], run_dir: Path, precision: str, warmup: 
 def run_trainer(task: str, parsed, features, tokenizer, precision: str, steps: int, warmup: int,
                 out_dir: Path) -> dict[str, Any]:
     import torch
-    from transformers import (AutoModelForQuestionAnswering, AutoModelForSequenceClassification,
-                              DataCollatorWithPadding, Trainer, TrainingArguments, set_seed)
+    from transformers import (
+        AutoModelForQuestionAnswering,
+        AutoModelForSequenceClassification,
+        DataCollatorWithPadding,
+        Trainer,
+        TrainingArguments,
+        set_seed,
+    )
     model_args, data_args, opt_args, run_args = parsed
     reset_accelerate_state()
     set_seed(run_args.seed)

@@ -170,7 +170,8 @@ def main(argv=None) -> int:
                   "samples_per_second": batch_size / seconds,
                   "mfu": flops / seconds / (peak * 1e12) if peak else None}
         if profile:
-            from torch.profiler import ProfilerActivity, profile as torch_profile
+            from torch.profiler import ProfilerActivity
+            from torch.profiler import profile as torch_profile
             activities = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if device.type == "cuda" else [])
             with torch_profile(activities=activities) as prof:
                 for i in range(3):

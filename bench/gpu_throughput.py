@@ -66,6 +66,7 @@ class _Placeholder:
 def import_pretrain_module():
     try:
         import datasets  # noqa: F401  (present: nothing to stand in for)
+
         import train.pretrain as module
         return module, "datasets installed"
     except ImportError:
@@ -133,8 +134,15 @@ def flops_per_full_sample(bert_config, seq: int, mlm_probability: float = 0.15) 
 def part_pretrain_ours(args, p, compiled: bool) -> dict[str, Any]:
     import torch
 
-    from bench.common import (SyntheticBertVocab, mixed_precision_env, read_jsonl, restored_signal_handlers,
-                              stdout_to_stderr, synthetic_nsp_instances, summarize)
+    from bench.common import (
+        SyntheticBertVocab,
+        mixed_precision_env,
+        read_jsonl,
+        restored_signal_handlers,
+        stdout_to_stderr,
+        summarize,
+        synthetic_nsp_instances,
+    )
     module, import_note = import_pretrain_module()
     vocab = SyntheticBertVocab()
     patch_pretrain_data(module, vocab, synthetic_nsp_instances((p["steps"] + 2) * p["batch"], p["seq"], vocab))
@@ -162,7 +170,7 @@ def part_pretrain_ours(args, p, compiled: bool) -> dict[str, Any]:
 def part_pretrain_trainer(args, p) -> dict[str, Any]:
     import torch
 
-    from bench.common import SyntheticBertVocab, synthetic_nsp_instances, summarize
+    from bench.common import SyntheticBertVocab, summarize, synthetic_nsp_instances
     from bench.pretrain_throughput import parse_pretrain_args, run_trainer
     from train.common.pretraining_model import build_bert_config
     from train.common.throughput import peak_tflops_for

@@ -31,8 +31,18 @@ from typing import Any
 if __package__ in (None, ""):
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from bench.common import (REPO, WIKITEXT_TEST, current_rss_mib, emit, environment, peak_rss_mib,  # noqa: E402
-                          safe_ratio, set_offline_env, summarize, target)
+from bench.common import (  # noqa: E402
+    REPO,
+    WIKITEXT_TEST,
+    current_rss_mib,
+    emit,
+    environment,
+    peak_rss_mib,
+    safe_ratio,
+    set_offline_env,
+    summarize,
+    target,
+)
 
 FLOOR_BATCH_LINES = 1000
 TIME_TARGET = 1.5    # ours seconds / floor seconds

@@ -38,10 +38,28 @@ from typing import Any
 if __package__ in (None, ""):
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from bench.common import (REPO, WIKITEXT_TEST, cpu_timed_interval_timer, describe_shape, emit,  # noqa: E402
-                          environment, fast_phase_ratio, machine_probe, make_step_timer, mixed_precision_env,
-                          quiet_libraries, read_jsonl, reset_accelerate_state, restored_signal_handlers, safe_ratio,
-                          set_offline_env, stdout_to_stderr, steady_state, summarize, target)
+from bench.common import (  # noqa: E402
+    REPO,
+    WIKITEXT_TEST,
+    cpu_timed_interval_timer,
+    describe_shape,
+    emit,
+    environment,
+    fast_phase_ratio,
+    machine_probe,
+    make_step_timer,
+    mixed_precision_env,
+    quiet_libraries,
+    read_jsonl,
+    reset_accelerate_state,
+    restored_signal_handlers,
+    safe_ratio,
+    set_offline_env,
+    stdout_to_stderr,
+    steady_state,
+    summarize,
+    target,
+)
 
 MODEL_KEYS = ("hidden_size", "num_hidden_layers", "num_attention_heads", "intermediate_size",
               "max_position_embeddings", "max_seq_length")
@@ -103,8 +121,13 @@ def ours_argv(args, preset: Path, tokenizer_dir: str, batch_size: int) -> list[s
 
 
 def parse_pretrain_args(argv: list[str]):
-    from train.common.args import (OptimizationArguments, PretrainingDataArguments, PretrainingModelArguments,
-                                   RunArguments, parse_config)
+    from train.common.args import (
+        OptimizationArguments,
+        PretrainingDataArguments,
+        PretrainingModelArguments,
+        RunArguments,
+        parse_config,
+    )
     return parse_config((PretrainingModelArguments, PretrainingDataArguments, OptimizationArguments, RunArguments),
                         argv + ["--output_dir", "unused"])
 

@@ -20,9 +20,9 @@ import signal
 import subprocess
 import time
 import urllib.request
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable, Optional
 
 DOC_FILES = ("README.md", "train/FINETUNING.md", "launch/README.md")
 SHELL_FENCES = {"bash", "sh", "shell"}  # ```plain, the run-folder trees and the schema blocks are not commands
@@ -154,10 +154,10 @@ class Spec:
     slow: bool = False
     timeout: int = 300
     env: tuple[tuple[str, str], ...] = ()  # extra environment (FAKE_SINFO: a fake `sinfo` printing that text)
-    xfail: Optional[str] = None  # known broken today (fix in progress elsewhere); strict=False
-    check: Optional[Callable] = None  # extra check(result, ctx) after the declared ones
-    needs: Optional[Callable[[], Optional[str]]] = None  # returns a reason to skip (e.g. no cluster), or None
-    after: Optional[str] = None  # a DOC_FILES name: run once that file's commands ran (it reads their outputs)
+    xfail: str | None = None  # known broken today (fix in progress elsewhere); strict=False
+    check: Callable | None = None  # extra check(result, ctx) after the declared ones
+    needs: Callable[[], str | None] | None = None  # returns a reason to skip (e.g. no cluster), or None
+    after: str | None = None  # a DOC_FILES name: run once that file's commands ran (it reads their outputs)
 
     def command(self, text: str, **values: str) -> str:
         """The command as the test runs it: `subs` replaced (every occurrence), `add` appended; {name} in
@@ -169,7 +169,7 @@ class Spec:
         return f"{text} {self.add.format(**values)}".strip()
 
 
-def lookup(table: dict[str, Spec], text: str) -> Optional[tuple[str, Spec]]:
+def lookup(table: dict[str, Spec], text: str) -> tuple[str, Spec] | None:
     """The table entry of a command: its exact text, or a key ending in '*' that is a prefix of it."""
     if text in table:
         return text, table[text]
@@ -250,7 +250,7 @@ def bash_words(command: str, exports: tuple[str, ...], cwd: Path, env: dict) -> 
 
 
 def run_server(command: str, exports: tuple[str, ...], cwd: Path, env: dict, ready: str, timeout: int,
-               probe: Optional[Callable[[], None]] = None) -> Result:
+               probe: Callable[[], None] | None = None) -> Result:
     """Start a long-running command, wait until its output matches `ready`, call `probe` while it is up, then stop
     it (its whole process group). rc 0 when it got ready and the probe passed."""
     script = bash_script(f"exec {command}", exports)
@@ -309,7 +309,7 @@ TRAINING_SCRIPTS = {"train/pretrain.py": "train.pretrain",
 
 
 @contextlib.contextmanager
-def working_directory(path: Path, environ: Optional[dict] = None):
+def working_directory(path: Path, environ: dict | None = None):
     before_cwd, before_env = Path.cwd(), dict(os.environ)
     os.chdir(path)
     os.environ.update(environ or {})
@@ -339,8 +339,11 @@ def check_launcher(launch_args: list[str], cwd: Path) -> dict:
     from accelerate.commands.config.config_args import load_config_from_file
     from accelerate.commands.launch import _validate_launch_command, launch_command_parser
     from accelerate.utils import DeepSpeedPlugin
-    from accelerate.utils.launch import (prepare_deepspeed_cmd_env, prepare_multi_gpu_env,
-                                         prepare_simple_launcher_cmd_env)
+    from accelerate.utils.launch import (
+        prepare_deepspeed_cmd_env,
+        prepare_multi_gpu_env,
+        prepare_simple_launcher_cmd_env,
+    )
 
     args = _no_exit("accelerate launch", lambda: launch_command_parser().parse_args(launch_args))
     config = None
@@ -490,7 +493,7 @@ def start_only_if_up():
     return "the local SLURM cluster is not up; `start` installs packages as root: not run from a test"
 
 
-def cluster_required() -> Optional[str]:
+def cluster_required() -> str | None:
     if cluster_up():
         return None
     if os.environ.get("REQUIRE_SLURM"):

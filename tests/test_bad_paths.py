@@ -400,6 +400,7 @@ def test_a_real_full_disk(corpus_dir, tmp_path, tmpfs, capsys):
 
 def test_torchelastic_error_file_is_what_the_root_cause_section_shows(tmp_path, monkeypatch, capsys):
     from torch.distributed.elastic.multiprocessing.errors import ChildFailedError, ProcessFailure
+
     from train.common.args import ConfigError
     error_file = tmp_path / "error.json"
     monkeypatch.setenv("TORCHELASTIC_ERROR_FILE", str(error_file))

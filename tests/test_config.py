@@ -6,8 +6,14 @@ from pathlib import Path
 import pytest
 import yaml
 
-from train.common.args import (ConfigError, OptimizationArguments, PretrainingDataArguments,
-                               PretrainingModelArguments, RunArguments, parse_config)
+from train.common.args import (
+    ConfigError,
+    OptimizationArguments,
+    PretrainingDataArguments,
+    PretrainingModelArguments,
+    RunArguments,
+    parse_config,
+)
 
 REPO = Path(__file__).resolve().parents[1]
 PRETRAIN = (PretrainingModelArguments, PretrainingDataArguments, OptimizationArguments, RunArguments)

@@ -25,14 +25,39 @@ from pathlib import Path
 import pytest
 
 from tests.conftest import REPO, SHARED_DATA, free_port, launch_env, write_wikitext_corpus
-from tests.doc_commands import (PARSE, RUN, SERVER, SKIP, DocCommand, Spec, bash_words, block_commands,
-                                check_training_command, copy_worktree, documented_commands, key_matches, lookup,
-                                offline_failure, run_bash, run_order, run_server, sbatch_node_command, shell_blocks,
-                                strip_comment)
-# Checks named in the table (each gets the Result and the Context; http_answers runs while the server is up).
-from tests.doc_commands import (cluster_required, ddp_run, http_answers, minilm_exported, no_final, sbatch,
-                                slurm_job_finishes, slurm_status_consistent, start_only_if_up)
 
+# Checks named in the table (each gets the Result and the Context; http_answers runs while the server is up).
+from tests.doc_commands import (
+    PARSE,
+    RUN,
+    SERVER,
+    SKIP,
+    DocCommand,
+    Spec,
+    bash_words,
+    block_commands,
+    check_training_command,
+    cluster_required,
+    copy_worktree,
+    ddp_run,
+    documented_commands,
+    http_answers,
+    key_matches,
+    lookup,
+    minilm_exported,
+    no_final,
+    offline_failure,
+    run_bash,
+    run_order,
+    run_server,
+    sbatch,
+    sbatch_node_command,
+    shell_blocks,
+    slurm_job_finishes,
+    slurm_status_consistent,
+    start_only_if_up,
+    strip_comment,
+)
 
 # Smoke-scale additions shared by several entries.
 PRETRAIN_SMOKE = "--max_train_steps 4 --max_eval_samples 64"

@@ -14,8 +14,16 @@ import torch
 import yaml
 from safetensors.torch import load_file
 
-from tests.conftest import (REPO, assert_same_tensors, final_tensors, fp32_deepspeed_config, free_port, launch_env,
-                            read_jsonl, reset_accelerate_state)
+from tests.conftest import (
+    REPO,
+    assert_same_tensors,
+    final_tensors,
+    fp32_deepspeed_config,
+    free_port,
+    launch_env,
+    read_jsonl,
+    reset_accelerate_state,
+)
 
 FIX = REPO / "tests" / "fixtures" / "sst"
 WORDS = {0: ["awful", "terrible", "horrible"], 1: ["dull", "boring", "weak"], 2: ["ordinary", "average", "plain"],
@@ -147,6 +155,7 @@ def test_resumed_runs_keep_the_first_runs_length_grouping():
     """Resumed with another process count or batch size, the epoch order stays the first run's, so that skipping
     the consumed batches skips exactly the consumed examples."""
     from torch.utils.data import DataLoader
+
     from train.common.checkpointing import TrainState
     from train.common.finetune_common import LengthGroupedSampler, keep_length_grouping
     lengths = [random.Random(i).randint(3, 60) for i in range(200)]

@@ -12,8 +12,16 @@ import torch
 import yaml
 
 from tests.conftest import REPO, fp32_deepspeed_config, reset_accelerate_state
-from tests.test_finetune_classification import (TINY_HIDDEN, accelerate_launch, assert_same_tensors, final_tensors,
-                                                minilm_path, read_jsonl, without, write_tiny_bert)
+from tests.test_finetune_classification import (
+    TINY_HIDDEN,
+    accelerate_launch,
+    assert_same_tensors,
+    final_tensors,
+    minilm_path,
+    read_jsonl,
+    without,
+    write_tiny_bert,
+)
 
 pytestmark = pytest.mark.slow
 FIX = REPO / "tests" / "fixtures" / "squad"

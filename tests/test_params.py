@@ -10,12 +10,26 @@ from pathlib import Path
 
 import pytest
 import torch
-from transformers import (BertConfig, BertForPreTraining, BertForQuestionAnswering,
-                          BertForSequenceClassification, BertModel)
+from transformers import (
+    BertConfig,
+    BertForPreTraining,
+    BertForQuestionAnswering,
+    BertForSequenceClassification,
+    BertModel,
+)
 
-from analysis.params import (ParamsError, align_name, count_parameters, diff_parameters,
-                             head_changes, layer_of, load_params, main, module_type_of,
-                             parameter_summary)
+from analysis.params import (
+    ParamsError,
+    align_name,
+    count_parameters,
+    diff_parameters,
+    head_changes,
+    layer_of,
+    load_params,
+    main,
+    module_type_of,
+    parameter_summary,
+)
 
 REPO = Path(__file__).resolve().parents[1]
 

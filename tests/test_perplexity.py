@@ -40,6 +40,7 @@ def ppl(model_dir, corpus_dir, **kw):
 def test_matches_a_hand_computation(tiny_model_dir, corpus_dir):
     from datasets import load_dataset
     from transformers import AutoTokenizer, BertForPreTraining
+
     from train.common.pretraining_data import InstanceSettings, build_instances, ranges_dataset
     result = ppl(tiny_model_dir, corpus_dir)
     # By hand: the same instances and fixed masks, the stock HF forward, a plain token-weighted mean.
@@ -72,6 +73,7 @@ def test_pseudo_perplexity_by_hand(tiny_model_dir, corpus_dir):
     tokenizer = AutoTokenizer.from_pretrained(tiny_model_dir)
     model = BertForPreTraining.from_pretrained(tiny_model_dir).eval()
     from datasets import load_dataset
+
     from train.common.pretraining_data import InstanceSettings, build_instances, ranges_dataset
     lines = load_dataset("text", data_files={"eval": str(corpus_dir / "test.raw")})["eval"]
     ranges, _ = ranges_dataset(lines, "wikitext")
@@ -155,6 +157,7 @@ def test_refuses_a_model_without_mlm_head(model_class, corpus_dir, tmp_path, cap
 def test_refuses_a_checkpoint_whose_mlm_head_weights_are_missing(tiny_model_dir, corpus_dir, tmp_path, capsys):
     # config.json still says BertForPreTraining: the weights decide, not the architecture name.
     import shutil
+
     from safetensors.torch import load_file, save_file
     folder = shutil.copytree(tiny_model_dir, tmp_path / "final")
     weights = load_file(folder / "model.safetensors")

@@ -21,8 +21,13 @@ import pytest
 import yaml
 
 from tests.conftest import REPO, SHARED_DATA
-from train.common.args import (OptimizationArguments, PretrainingDataArguments, PretrainingModelArguments,
-                               RunArguments, parse_config)
+from train.common.args import (
+    OptimizationArguments,
+    PretrainingDataArguments,
+    PretrainingModelArguments,
+    RunArguments,
+    parse_config,
+)
 
 SAMPLE = REPO / "data" / "sample"
 SAMPLE_TRAIN = "data/sample/wikitext-2-raw/sample-train.raw"

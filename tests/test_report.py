@@ -11,8 +11,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from analysis.report import (ReportError, build_report, load_reference, load_run, main,
-                             sanity_checks, write_report)
+from analysis.report import ReportError, build_report, load_reference, load_run, main, sanity_checks, write_report
 
 REPO = Path(__file__).resolve().parents[1]
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"

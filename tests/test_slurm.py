@@ -15,8 +15,19 @@ import torch
 import yaml
 from safetensors.torch import load_file
 
-from tests.slurm_helpers.cluster import (DDP_CPU_CONFIG, FAKE_TRAIN, REPO, SINGLE_PROCESS_CONFIG, job_info,
-                                         read_events, read_log, require_cluster, submit, wait_for, wait_for_job)
+from tests.slurm_helpers.cluster import (
+    DDP_CPU_CONFIG,
+    FAKE_TRAIN,
+    REPO,
+    SINGLE_PROCESS_CONFIG,
+    job_info,
+    read_events,
+    read_log,
+    require_cluster,
+    submit,
+    wait_for,
+    wait_for_job,
+)
 from tests.slurm_helpers.pretrain_fixture import MODEL, write_corpus, write_preset, write_tokenizer
 
 pytestmark = [pytest.mark.slurm, pytest.mark.slow]

@@ -58,21 +58,55 @@ from analysis.classification import classification_metrics, majority_baseline
 from train.common.batching import accumulation_windows, step_seed
 from train.common.checkpointing import TrainState, checkpoint_name, load_checkpoint, save_checkpoint
 from train.common.console import RunClock, StepProgress, fmt, print_summary, show_bars
-from train.common.distributed import (agree_on_flags, check_replicas_in_sync, distributed_summary, is_deepspeed,
-                                     start_run)
+from train.common.distributed import (
+    agree_on_flags,
+    check_replicas_in_sync,
+    distributed_summary,
+    is_deepspeed,
+    start_run,
+)
 from train.common.errors import run_main
-from train.common.finetune_common import (IntervalStats, PaddingCollator, build_eval_dataloader, build_train_dataloader,
-                                         check_max_seq_length, classification_nll, evaluate_outputs, finetune_model_card, from_hub,
-                                         keep_length_grouping, load_model_for_task, model_inputs, parameter_block,
-                                         require_trained_head, rounded_epoch, run_seeds, start_logging,
-                                         steps_or_fail, stop_early)
+from train.common.finetune_common import (
+    IntervalStats,
+    PaddingCollator,
+    build_eval_dataloader,
+    build_train_dataloader,
+    check_max_seq_length,
+    classification_nll,
+    evaluate_outputs,
+    finetune_model_card,
+    from_hub,
+    keep_length_grouping,
+    load_model_for_task,
+    model_inputs,
+    parameter_block,
+    require_trained_head,
+    rounded_epoch,
+    run_seeds,
+    start_logging,
+    steps_or_fail,
+    stop_early,
+)
 from train.common.optim import build_optimizer, build_scheduler
 from train.common.preemption import PreemptionFlag
 from train.common.resume import resume_from_checkpoint
-from train.common.run_folder import export_final_model, push_folder_to_hub, write_json_atomic, write_run_config, \
-    write_text_atomic
-from train.common.sst_data import (LABEL_NAMES, NUM_CLASSES, check_no_leakage, class_weights, load_sst_files,
-                                   load_sst_hub, load_sst_original, load_sst_ptb_trees)
+from train.common.run_folder import (
+    export_final_model,
+    push_folder_to_hub,
+    write_json_atomic,
+    write_run_config,
+    write_text_atomic,
+)
+from train.common.sst_data import (
+    LABEL_NAMES,
+    NUM_CLASSES,
+    check_no_leakage,
+    class_weights,
+    load_sst_files,
+    load_sst_hub,
+    load_sst_original,
+    load_sst_ptb_trees,
+)
 from train.common.throughput import IntervalTimer
 
 logger = get_logger(__name__)

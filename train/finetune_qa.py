@@ -58,21 +58,50 @@ from analysis.text_metrics import WordNetMissingError, text_metrics
 from train.common.batching import accumulation_windows, step_seed
 from train.common.checkpointing import TrainState, save_checkpoint
 from train.common.console import RunClock, StepProgress, fmt, print_summary, show_bars
-from train.common.distributed import (agree_on_flags, check_replicas_in_sync, distributed_summary, is_deepspeed,
-                                     start_run)
+from train.common.distributed import (
+    agree_on_flags,
+    check_replicas_in_sync,
+    distributed_summary,
+    is_deepspeed,
+    start_run,
+)
 from train.common.errors import run_main
-from train.common.finetune_common import (FinetuneDataError, IntervalStats, PaddingCollator, build_eval_dataloader,
-                                         build_train_dataloader, check_max_seq_length, evaluate_outputs,
-                                         finetune_model_card, from_hub, keep_length_grouping, load_model_for_task, masked_span_logits, model_inputs,
-                                         parameter_block, require_trained_head, rounded_epoch, span_nll,
-                                         squad_gold_from_examples, squad_repair_lines, start_logging,
-                                         steps_or_fail, stop_early)
+from train.common.finetune_common import (
+    FinetuneDataError,
+    IntervalStats,
+    PaddingCollator,
+    build_eval_dataloader,
+    build_train_dataloader,
+    check_max_seq_length,
+    evaluate_outputs,
+    finetune_model_card,
+    from_hub,
+    keep_length_grouping,
+    load_model_for_task,
+    masked_span_logits,
+    model_inputs,
+    parameter_block,
+    require_trained_head,
+    rounded_epoch,
+    span_nll,
+    squad_gold_from_examples,
+    squad_repair_lines,
+    start_logging,
+    steps_or_fail,
+    stop_early,
+)
 from train.common.optim import build_optimizer, build_scheduler
 from train.common.preemption import PreemptionFlag
 from train.common.resume import resume_from_checkpoint
 from train.common.run_folder import export_final_model, push_folder_to_hub, write_json_atomic, write_run_config
-from train.common.squad_data import (load_squad_hub, load_squad_json, postprocess_qa_predictions,
-                                     prepare_eval_features, prepare_train_features, split_articles)
+from train.common.squad_data import (
+    load_squad_hub,
+    load_squad_json,
+    postprocess_qa_predictions,
+    prepare_eval_features,
+    prepare_train_features,
+    split_articles,
+)
 from train.common.throughput import IntervalTimer
 
 logger = get_logger(__name__)

@@ -18,8 +18,15 @@ from pathlib import Path
 if __package__ in (None, ""):  # `python train/pretrain.py`: make `train.common` importable
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from train.common.args import (OptimizationArguments, PretrainingDataArguments, PretrainingModelArguments,
-                               RunArguments, check_sequence_length, flat_config, parse_config)
+from train.common.args import (
+    OptimizationArguments,
+    PretrainingDataArguments,
+    PretrainingModelArguments,
+    RunArguments,
+    check_sequence_length,
+    flat_config,
+    parse_config,
+)
 from train.common.hub_access import preflight
 
 ARGS = (PretrainingModelArguments, PretrainingDataArguments, OptimizationArguments, RunArguments)
@@ -39,8 +46,14 @@ from accelerate.logging import get_logger
 from train.common.batching import accumulation_windows, build_dataloader, step_seed
 from train.common.checkpointing import TrainState, save_checkpoint
 from train.common.console import RunClock, StepProgress, fmt, print_summary, show_bars
-from train.common.distributed import (agree_on_flags, check_replicas_in_sync, distributed_summary, is_deepspeed,
-                                     start_run, zero3_init_as_configured)
+from train.common.distributed import (
+    agree_on_flags,
+    check_replicas_in_sync,
+    distributed_summary,
+    is_deepspeed,
+    start_run,
+    zero3_init_as_configured,
+)
 from train.common.errors import run_main
 from train.common.hub_access import go_offline_if_unreachable, hub_names
 from train.common.masking import IndexedDataset, PretrainingCollator, max_predictions_per_seq
@@ -48,11 +61,17 @@ from train.common.optim import build_optimizer, build_scheduler
 from train.common.preemption import PreemptionFlag, write_marker
 from train.common.pretraining_data import build_pretraining_datasets, load_corpus
 from train.common.pretraining_eval import baseline_notes, evaluate_pretraining, training_baselines
-from train.common.pretraining_model import (PretrainingObjective, build_bert_config, build_pretraining_model)
+from train.common.pretraining_model import PretrainingObjective, build_bert_config, build_pretraining_model
 from train.common.pretraining_setup import model_card, obtain_tokenizer
 from train.common.resume import resume_from_checkpoint
-from train.common.run_folder import (MetricsLogger, export_final_model, load_eval_results, push_folder_to_hub,
-                                     write_json_atomic, write_run_config)
+from train.common.run_folder import (
+    MetricsLogger,
+    export_final_model,
+    load_eval_results,
+    push_folder_to_hub,
+    write_json_atomic,
+    write_run_config,
+)
 from train.common.throughput import IntervalTimer, bert_training_flops, mfu, peak_tflops_for
 
 logger = get_logger(__name__)

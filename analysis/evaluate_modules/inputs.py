@@ -8,7 +8,7 @@ id, not by position, exactly as the CLI pairs a predictions file with a dataset 
 
 from __future__ import annotations
 
-from typing import Sequence
+from collections.abc import Sequence
 
 
 def squad_articles(references: Sequence[dict]) -> list[dict]:

@@ -14,9 +14,10 @@ import difflib
 import math
 import sys
 import typing
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Optional, Sequence
+from typing import Any
 
 import yaml
 from transformers import HfArgumentParser
@@ -37,14 +38,14 @@ class RunArguments:
     overwrite_output_dir: bool = _help("Start afresh in an output folder that already holds another run.", default=False)
     seed: int = _help("Seed for initialisation, data order, pair creation and training masks.", default=42)
     logging_steps: int = _help("Log training metrics every N optimizer steps.", default=50)
-    eval_steps: Optional[int] = _help("Also evaluate every N optimizer steps (always at each epoch end).", default=None)
+    eval_steps: int | None = _help("Also evaluate every N optimizer steps (always at each epoch end).", default=None)
     checkpointing_steps: str = _help("'epoch', an integer N (every N optimizer steps), or 'none'.", default="epoch")
     keep_last_n: int = _help("Keep only the newest N checkpoints (0 keeps all).", default=2)
-    resume_from_checkpoint: Optional[str] = _help(
+    resume_from_checkpoint: str | None = _help(
         "'latest' (newest complete checkpoint in OUTPUT_DIR/checkpoints, or a fresh start if there is none) or a path.",
         default=None)
     report_to: str = _help("'tensorboard' or 'none'.", default="tensorboard")
-    dataloader_num_workers: Optional[int] = _help("DataLoader worker processes (default: 4 on a GPU, 0 on CPU, "
+    dataloader_num_workers: int | None = _help("DataLoader worker processes (default: 4 on a GPU, 0 on CPU, "
                                                   "where workers only compete with the model for cores).",
                                                   default=None)
     nan_policy: str = _help("On a non-finite loss or gradient: 'skip' the update, or 'stop' after saving.", default="stop")
@@ -52,9 +53,9 @@ class RunArguments:
                                        default=1800)
     push_to_hub: bool = _help("Upload final/ to the Hugging Face Hub at the end (token from HF_TOKEN or the login).",
                               default=False)
-    hub_model_id: Optional[str] = _help("Repository id for --push_to_hub, e.g. user/bert-wikitext.", default=None)
+    hub_model_id: str | None = _help("Repository id for --push_to_hub, e.g. user/bert-wikitext.", default=None)
     hub_private: bool = _help("Create the hub repository as private.", default=False)
-    peak_tflops: Optional[float] = _help("Peak TFLOP/s of one device for MFU; default from a table of known GPUs.",
+    peak_tflops: float | None = _help("Peak TFLOP/s of one device for MFU; default from a table of known GPUs.",
                                          default=None)
     log_level: str = _help("'info' (our lines; the libraries only warn) or 'debug' (everything, libraries too).",
                            default="info")
@@ -80,7 +81,7 @@ class RunArguments:
         if self.push_to_hub and not self.hub_model_id:
             raise ConfigError("--push_to_hub needs --hub_model_id NAME (e.g. your-user/bert-wikitext)")
 
-    def checkpoint_every_steps(self) -> Optional[int]:
+    def checkpoint_every_steps(self) -> int | None:
         return int(self.checkpointing_steps) if self.checkpointing_steps not in ("epoch", "none") else None
 
 
@@ -93,13 +94,13 @@ class OptimizationArguments:
     adam_epsilon: float = _help("AdamW epsilon.", default=1e-6)
     max_grad_norm: float = _help("Clip the global gradient norm to this value (0 disables).", default=1.0)
     lr_scheduler_type: str = _help("'linear' or 'cosine' decay after warmup.", default="linear")
-    warmup_steps: Optional[int] = _help("Warmup optimizer steps (overrides warmup_ratio).", default=None)
+    warmup_steps: int | None = _help("Warmup optimizer steps (overrides warmup_ratio).", default=None)
     warmup_ratio: float = _help("Warmup as a fraction of all optimizer steps.", default=0.01)
     per_device_train_batch_size: int = _help("Micro-batch size per process.", default=32)
     per_device_eval_batch_size: int = _help("Evaluation batch size per process.", default=64)
     gradient_accumulation_steps: int = _help("Micro-batches per optimizer step.", default=1)
     num_train_epochs: int = _help("Epochs over the training split (ignored when max_train_steps is set).", default=5)
-    max_train_steps: Optional[int] = _help("Stop after this many optimizer steps.", default=None)
+    max_train_steps: int | None = _help("Stop after this many optimizer steps.", default=None)
 
     def __post_init__(self):
         _choice("lr_scheduler_type", self.lr_scheduler_type, ("linear", "cosine"))
@@ -171,7 +172,7 @@ class _HelpFormatter(argparse.ArgumentDefaultsHelpFormatter, argparse.RawDescrip
     """Defaults shown, and the docstring's example commands kept one per line."""
 
 
-def parse_config(dataclass_types: Sequence[type], argv: Optional[Sequence[str]] = None,
+def parse_config(dataclass_types: Sequence[type], argv: Sequence[str] | None = None,
                  description: str = "") -> tuple:
     """Parse ``--config FILE`` + command line into instances of ``dataclass_types``."""
     argv = list(sys.argv[1:] if argv is None else argv)
@@ -264,12 +265,12 @@ class PretrainingModelArguments:
 
 @dataclass
 class PretrainingDataArguments:
-    dataset_name: Optional[str] = _help("Hub dataset (used when no --train_file is given).", default="wikitext")
-    dataset_config_name: Optional[str] = _help("Hub dataset configuration.", default="wikitext-2-raw-v1")
-    train_file: Optional[str] = _help("Local training text (WikiText raw, or plain text with blank lines "
+    dataset_name: str | None = _help("Hub dataset (used when no --train_file is given).", default="wikitext")
+    dataset_config_name: str | None = _help("Hub dataset configuration.", default="wikitext-2-raw-v1")
+    train_file: str | None = _help("Local training text (WikiText raw, or plain text with blank lines "
                                       "between documents).", default=None)
-    validation_file: Optional[str] = _help("Local validation text.", default=None)
-    test_file: Optional[str] = _help("Local test text.", default=None)
+    validation_file: str | None = _help("Local validation text.", default=None)
+    test_file: str | None = _help("Local test text.", default=None)
     validation_split_percentage: float = _help("Without a validation split, hold out this percentage of the "
                                                "training documents (whole documents).", default=5.0)
     document_boundary: str = _help("'auto', 'wikitext' (' = Title = ' headings start articles) or 'blank_line'.",
@@ -281,13 +282,13 @@ class PretrainingDataArguments:
     mlm_probability: float = _help("Fraction of tokens chosen for prediction.", default=0.15)
     whole_word_masking: bool = _help("Mask whole words (all WordPieces of a word together).", default=False)
     tokenizer_name: str = _help("Tokenizer: a hub id or a local folder.", default="bert-base-uncased")
-    train_tokenizer: Optional[int] = _help("Train an uncased WordPiece vocabulary of this size on the training "
+    train_tokenizer: int | None = _help("Train an uncased WordPiece vocabulary of this size on the training "
                                            "split instead of loading --tokenizer_name.", default=None)
-    preprocessing_num_workers: Optional[int] = _help(
+    preprocessing_num_workers: int | None = _help(
         "Processes for building instances (datasets.map); none by default (worth it with many cores).", default=None)
     overwrite_cache: bool = _help("Rebuild the cached preprocessing.", default=False)
-    max_train_samples: Optional[int] = _help("Use only the first N training instances.", default=None)
-    max_eval_samples: Optional[int] = _help("Use only the first N validation/test instances.", default=None)
+    max_train_samples: int | None = _help("Use only the first N training instances.", default=None)
+    max_eval_samples: int | None = _help("Use only the first N validation/test instances.", default=None)
     eval_mask_seed: int = _help("Seed of the FIXED evaluation masks (same model -> same perplexity).", default=0)
 
     def __post_init__(self):

@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import hashlib
 import os
-from typing import Iterable, Iterator, Optional, TypeVar
+from collections.abc import Iterable, Iterator
+from typing import TypeVar
 
 import torch
 from torch.utils.data import DataLoader
@@ -12,13 +13,13 @@ from torch.utils.data import DataLoader
 T = TypeVar("T")
 
 
-def default_num_workers(requested: Optional[int]) -> int:
+def default_num_workers(requested: int | None) -> int:
     if requested is not None:
         return requested
     return min(4, max(1, (os.cpu_count() or 2) // 2)) if torch.cuda.is_available() else 0
 
 
-def build_dataloader(dataset, collate_fn, batch_size: int, train: bool, num_workers: Optional[int],
+def build_dataloader(dataset, collate_fn, batch_size: int, train: bool, num_workers: int | None,
                      seed: int) -> DataLoader:
     """Training loaders shuffle (accelerate swaps in a seeded, epoch-aware sampler) and drop the
     last partial batch so every rank takes the same number of steps. The loader gets its own

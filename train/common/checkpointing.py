@@ -18,7 +18,7 @@ import shutil
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any, Optional
+from typing import Any
 
 from accelerate.logging import get_logger
 
@@ -176,7 +176,7 @@ def load_checkpoint(accelerator, folder: Path) -> None:
     accelerator.load_state(str(folder))
 
 
-def latest_complete_step(output_dir: Path) -> Optional[int]:
+def latest_complete_step(output_dir: Path) -> int | None:
     for folder in list_checkpoints(output_dir / "checkpoints"):
         try:
             return validate_checkpoint(folder)["step"]

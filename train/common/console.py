@@ -12,7 +12,7 @@ import logging
 import os
 import sys
 import time
-from typing import Any, Optional
+from typing import Any
 
 OUR_LOGGERS = ("__main__", "train", "analysis", "launch")
 LIBRARY_LOGGERS = ("accelerate", "transformers", "datasets", "huggingface_hub", "DeepSpeed", "deepspeed",
@@ -162,7 +162,7 @@ class RunClock:
 
 
 def print_summary(title: str, clock: RunClock, metrics: dict[str, Any], paths: dict[str, Any],
-                  output_dir, is_main: bool, notes: Optional[list[str]] = None) -> None:
+                  output_dir, is_main: bool, notes: list[str] | None = None) -> None:
     """The end-of-run block: wall time, final metrics, where things are, how to look at the curves."""
     if not is_main:
         return

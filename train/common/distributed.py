@@ -12,7 +12,7 @@ import datetime as _dt
 import os
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Any, Optional
+from typing import Any
 
 import torch
 from accelerate import Accelerator, DataLoaderConfiguration, InitProcessGroupKwargs
@@ -94,7 +94,7 @@ def distributed_summary(accelerator: Accelerator, gradient_accumulation_steps: i
     return summary
 
 
-def launcher_config_file() -> Optional[str]:
+def launcher_config_file() -> str | None:
     """The accelerate config the launcher read: accelerate exports its settings, not the file's name, so
     it is taken from the launching process's command line (the parent, or the torchrun agent inside it)."""
     if os.environ.get("ACCELERATE_CONFIG_FILE"):
@@ -144,7 +144,7 @@ def output_path(run_args) -> Path:
     return Path(run_args.output_dir).expanduser().resolve()
 
 
-def start_run(run_args, opt_args, config: dict, do_train: bool, marker_dir: Optional[Path] = None):
+def start_run(run_args, opt_args, config: dict, do_train: bool, marker_dir: Path | None = None):
     """Check the output folder (before anything is written), build the accelerator, seed, prepare the folder.
     Returns (accelerator, output_dir). `marker_dir` holds PREEMPTED (default: the output folder)."""
     output_dir = output_path(run_args)

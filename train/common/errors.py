@@ -8,21 +8,21 @@ import json
 import os
 import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
-from typing import Callable, Optional
 
 
 def _expected() -> tuple[type[BaseException], ...]:
     from .args import ConfigError
     from .checkpointing import CheckpointError
     from .distributed import LaunchError
+    from .finetune_common import FinetuneDataError, FinetuneModelError
     from .hub_access import HubUnreachableError
     from .pretraining_data import DataError
     from .run_folder import HubUploadError, RunFolderError
-    from .tokenizer import TokenizerError
-    from .finetune_common import FinetuneDataError, FinetuneModelError
     from .squad_data import SquadFormatError
     from .sst_data import LeakageError, SSTFormatError
+    from .tokenizer import TokenizerError
     return (ConfigError, CheckpointError, LaunchError, DataError, RunFolderError, HubUploadError, TokenizerError,
             SSTFormatError, LeakageError, SquadFormatError, FinetuneModelError, FinetuneDataError,
             HubUnreachableError)
@@ -63,7 +63,7 @@ def _within(path: Path, folders: list[Path]) -> bool:
     return any(folder == p or folder in p.parents for p in candidates for folder in folders)
 
 
-def _write_error_line(err: BaseException) -> Optional[str]:
+def _write_error_line(err: BaseException) -> str | None:
     """One line for a failed write: always for a full disk or a read-only filesystem (nothing but a write fails
     so), for the other errnos (EACCES, ENOTDIR, ...) only inside the output folder: elsewhere they may be reads."""
     from .run_folder import checked_output_dirs, write_error_line, write_failure
@@ -81,7 +81,7 @@ def _write_error_line(err: BaseException) -> Optional[str]:
 _PEER_GONE = ("Connection closed by peer", "Connection reset by peer", "remote process exited")
 
 
-def _peer_stopped_line(err: BaseException) -> Optional[str]:
+def _peer_stopped_line(err: BaseException) -> str | None:
     if int(os.environ.get("WORLD_SIZE", "1")) <= 1 or not isinstance(err, RuntimeError):
         return None
     mark = next((mark for mark in _PEER_GONE if mark in str(err)), None)

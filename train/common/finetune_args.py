@@ -8,7 +8,6 @@ work as for pretraining. Derived values are methods; parsed values are never mut
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Optional
 
 from .args import ConfigError, _choice, _help, _positive
 from .squad_data import DOC_STRIDE_HELP, MAX_QUERY_LENGTH_HELP
@@ -20,15 +19,15 @@ class FinetuneModelArguments:
         "Checkpoint to start from: a hub id (bert-base-uncased) or a local folder written by save_pretrained, "
         "e.g. a pretraining run's final/ (its MLM/NSP heads are dropped, the task head is added and initialised "
         "from --seed) or a fine-tuning run's final/ (for --do_train false).", default="bert-base-uncased")
-    tokenizer_name: Optional[str] = _help("Tokenizer (hub id or folder); default: the one saved with the model.",
+    tokenizer_name: str | None = _help("Tokenizer (hub id or folder); default: the one saved with the model.",
                                           default=None)
     trust_remote_code: bool = _help("Allow model code from the hub repository (only for repositories you trust).",
                                     default=False)
     attn_implementation: str = _help("'sdpa' (fused scaled-dot-product attention) or 'eager'.", default="sdpa")
-    hidden_dropout_prob: Optional[float] = _help("Override the checkpoint's dropout on hidden states.", default=None)
-    attention_probs_dropout_prob: Optional[float] = _help("Override the checkpoint's attention dropout.",
+    hidden_dropout_prob: float | None = _help("Override the checkpoint's dropout on hidden states.", default=None)
+    attention_probs_dropout_prob: float | None = _help("Override the checkpoint's attention dropout.",
                                                           default=None)
-    classifier_dropout: Optional[float] = _help(
+    classifier_dropout: float | None = _help(
         "Dropout before the task head (default: hidden_dropout_prob, as BERT does).", default=None)
     torch_compile: bool = _help("torch.compile the encoder.", default=False)
 
@@ -57,8 +56,8 @@ class FinetuneDataArguments:
         "epoch, so resume replays the same batches.", default=True)
     pad_to_multiple_of: int = _help("Dynamic padding to the longest sequence of a batch, rounded up to this.",
                                     default=8)
-    max_train_samples: Optional[int] = _help("Use only the first N training examples (smoke runs).", default=None)
-    max_eval_samples: Optional[int] = _help("Use only the first N examples of each evaluation split.", default=None)
+    max_train_samples: int | None = _help("Use only the first N training examples (smoke runs).", default=None)
+    max_eval_samples: int | None = _help("Use only the first N examples of each evaluation split.", default=None)
 
     def __post_init__(self):
         _positive("pad_to_multiple_of", self.pad_to_multiple_of)
@@ -72,21 +71,21 @@ class ClassificationDataArguments(FinetuneDataArguments):
     """SST-5 sources (exactly one of: --sst_trees_dir, --sst_dir, --train_file, else the hub --dataset_name)
     and the classification protocol (what to train on, seeds, early stopping, class weights)."""
 
-    sst_trees_dir: Optional[str] = _help("Official PTB trees: a folder with train.txt, dev.txt, test.txt (every "
+    sst_trees_dir: str | None = _help("Official PTB trees: a folder with train.txt, dev.txt, test.txt (every "
                                          "node labelled 0-4).", default=None)
-    sst_dir: Optional[str] = _help("Original release folder: dictionary.txt, sentiment_labels.txt, "
+    sst_dir: str | None = _help("Original release folder: dictionary.txt, sentiment_labels.txt, "
                                    "datasetSentences.txt, datasetSplit.txt.", default=None)
-    train_file: Optional[str] = _help("CSV/TSV/JSON/JSONL training sentences with --text_column/--label_column.",
+    train_file: str | None = _help("CSV/TSV/JSON/JSONL training sentences with --text_column/--label_column.",
                                       default=None)
-    validation_file: Optional[str] = _help("Dev sentences (same format as --train_file).", default=None)
-    test_file: Optional[str] = _help("Test sentences (optional).", default=None)
-    text_column: Optional[str] = _help("Text column of the files or the hub dataset (default: 'text'; for known "
+    validation_file: str | None = _help("Dev sentences (same format as --train_file).", default=None)
+    test_file: str | None = _help("Test sentences (optional).", default=None)
+    text_column: str | None = _help("Text column of the files or the hub dataset (default: 'text'; for known "
                                        "hub datasets their own column).", default=None)
-    label_column: Optional[str] = _help("Label column: class ids 0..4, sentiment values in [0, 1] or label names "
+    label_column: str | None = _help("Label column: class ids 0..4, sentiment values in [0, 1] or label names "
                                         "(default: 'label').", default=None)
-    dataset_name: Optional[str] = _help("Hub dataset with train/validation(/test) splits, used when no local "
+    dataset_name: str | None = _help("Hub dataset with train/validation(/test) splits, used when no local "
                                         "source is given (e.g. SetFit/sst5).", default="SetFit/sst5")
-    dataset_config_name: Optional[str] = _help("Hub dataset configuration.", default=None)
+    dataset_config_name: str | None = _help("Hub dataset configuration.", default=None)
     train_on: str = _help("'sentences', or 'phrases' = every labelled phrase of the training sentences (the "
                           "standard fine-grained SST-5 setup; needs the trees or the original release). Evaluation "
                           "is always on dev/test sentences (and, where available, phrases).", default="sentences")
@@ -94,9 +93,9 @@ class ClassificationDataArguments(FinetuneDataArguments):
                                 default=128)
     class_weights: bool = _help("Weight the cross-entropy by inverse class frequency of the training examples.",
                                 default=False)
-    seeds: Optional[str] = _help("Comma-separated seeds, e.g. 1,2,3: one run per seed in OUTPUT_DIR/seed_N/, then "
+    seeds: str | None = _help("Comma-separated seeds, e.g. 1,2,3: one run per seed in OUTPUT_DIR/seed_N/, then "
                                  "mean and std in OUTPUT_DIR/eval_results.json.", default=None)
-    early_stopping_patience: Optional[int] = _help(
+    early_stopping_patience: int | None = _help(
         "Stop after N epochs without a better dev sentence accuracy, and evaluate/export the best-dev model.",
         default=None)
 
@@ -139,12 +138,12 @@ class ClassificationDataArguments(FinetuneDataArguments):
 class QADataArguments(FinetuneDataArguments):
     """SQuAD sources (official JSON files, or the hub's squad / squad_v2) and the window/answer settings."""
 
-    dataset_name: Optional[str] = _help("Hub dataset ('squad' or 'squad_v2') used when no --train_file / "
+    dataset_name: str | None = _help("Hub dataset ('squad' or 'squad_v2') used when no --train_file / "
                                         "--validation_file is given.", default="squad")
-    dataset_config_name: Optional[str] = _help("Hub dataset configuration.", default=None)
-    train_file: Optional[str] = _help("Official SQuAD JSON (data -> paragraphs -> qas) to train on.", default=None)
-    validation_file: Optional[str] = _help("Official SQuAD JSON to evaluate on.", default=None)
-    train_articles: Optional[int] = _help(
+    dataset_config_name: str | None = _help("Hub dataset configuration.", default=None)
+    train_file: str | None = _help("Official SQuAD JSON (data -> paragraphs -> qas) to train on.", default=None)
+    validation_file: str | None = _help("Official SQuAD JSON to evaluate on.", default=None)
+    train_articles: int | None = _help(
         "Split --train_file by article: the first N articles train, the remaining ones evaluate (no "
         "--validation_file then). E.g. 40 on dev-v1.1.json trains on 40 articles and evaluates on 8.", default=None)
     version_2_with_negative: bool = _help("SQuAD v2.0: questions may have no answer (predicted as '').",

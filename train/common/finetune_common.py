@@ -22,9 +22,10 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+from collections.abc import Callable, Sequence
 from dataclasses import replace
 from pathlib import Path
-from typing import Any, Callable, Optional, Sequence
+from typing import Any
 
 import numpy as np
 import torch
@@ -38,8 +39,15 @@ from .batching import build_dataloader, default_num_workers
 from .console import eval_batches
 from .distributed import output_path
 from .preemption import write_marker
-from .run_folder import (MetricsLogger, check_output_dir, clear_run_files, load_eval_results, numeric_summary,
-                         write_json_atomic, write_run_config)
+from .run_folder import (
+    MetricsLogger,
+    check_output_dir,
+    clear_run_files,
+    load_eval_results,
+    numeric_summary,
+    write_json_atomic,
+    write_run_config,
+)
 from .tokenizer import load_tokenizer
 
 logger = get_logger(__name__)
@@ -188,7 +196,7 @@ def span_nll(start_logits, end_logits, start_positions, end_positions) -> torch.
 class ListDataset(Dataset):
     """Feature dicts in memory; `order` (eval) serves them in another order, each tagged with its `index`."""
 
-    def __init__(self, features: Sequence[dict], order: Optional[Sequence[int]] = None):
+    def __init__(self, features: Sequence[dict], order: Sequence[int] | None = None):
         self.features = features
         self.order = list(order) if order is not None else None
 
@@ -289,7 +297,7 @@ def build_train_dataloader(features: Sequence[dict], collator, opt_args, run_arg
 
 
 def build_eval_dataloader(features: Sequence[dict], collator, batch_size: int,
-                          num_workers: Optional[int]) -> DataLoader:
+                          num_workers: int | None) -> DataLoader:
     """Longest first (less padding); EvalCollector restores the original order from each item's `index`."""
     order = sorted(range(len(features)), key=lambda i: (-len(features[i]["input_ids"]), i))
     return DataLoader(ListDataset(features, order), batch_size=batch_size, shuffle=False, drop_last=False,
@@ -454,7 +462,7 @@ def aggregate_seeds(runs: list[dict]) -> dict:
 # ---------------------------------------------------------------------------------------------------- model card
 
 
-def finetune_model_card(title: str, tags: str, config: dict, load_report: dict, headline: dict[str, Optional[float]],
+def finetune_model_card(title: str, tags: str, config: dict, load_report: dict, headline: dict[str, float | None],
                         train_state, distributed: dict, notes: Sequence[str] = ()) -> str:
     lines = ["---", "library_name: transformers", f"tags: [bert, {tags}]", "---", "",
              f"# {title}", "",
@@ -471,7 +479,7 @@ def finetune_model_card(title: str, tags: str, config: dict, load_report: dict, 
     return "\n".join(lines)
 
 
-def start_logging(accelerator, run_args, output_dir: Path, resume_step: Optional[int], task: str):
+def start_logging(accelerator, run_args, output_dir: Path, resume_step: int | None, task: str):
     """(MetricsLogger, eval_results so far): on resume both keep only what the resumed step had written."""
     metrics = MetricsLogger(accelerator, output_dir, resume_step)
     eval_results = load_eval_results(output_dir, resume_step, task)

@@ -14,15 +14,15 @@ import os
 import sys
 import urllib.error
 import urllib.request
+from collections.abc import Callable, Iterable, Sequence
 from pathlib import Path
-from typing import Callable, Iterable, Optional, Sequence
 
 OFFLINE_HINT = ("Offline? `accelerate launch train/pretrain.py --config train/configs/smoke.yaml` runs on the "
                 "repository's embedded sample; your own text: --train_file (README); HF_HUB_OFFLINE=1 uses the "
                 "local Hugging Face cache without asking the Hub")
 FINETUNE_HINT = ("--model_name_or_path takes a local folder too (a pretraining run's final/); HF_HUB_OFFLINE=1 "
                  "uses the local Hugging Face cache without asking the Hub")
-_reachable: Optional[bool] = None
+_reachable: bool | None = None
 
 
 class HubUnreachableError(RuntimeError):
@@ -49,7 +49,7 @@ def hub_reachable(timeout: float = 4.0) -> bool:
     return _reachable
 
 
-def hub_names(resources: Iterable[tuple[Optional[str], str]]) -> list[tuple[str, str]]:
+def hub_names(resources: Iterable[tuple[str | None, str]]) -> list[tuple[str, str]]:
     """The (name, kind) pairs that would be fetched from the Hub: not None and not a local path."""
     return [(name, kind) for name, kind in resources if name and looks_like_hub_id(name)]
 

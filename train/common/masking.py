@@ -16,7 +16,8 @@ device-to-host sync for a data-dependent size.
 from __future__ import annotations
 
 import math
-from typing import Any, Optional, Sequence
+from collections.abc import Sequence
+from typing import Any
 
 import numpy as np
 import torch
@@ -56,7 +57,7 @@ class PretrainingCollator:
     """Pads a batch (to a multiple of 8) and applies MLM masking; keeps NSP labels if present."""
 
     def __init__(self, tokenizer, mlm_probability: float = 0.15, whole_word_masking: bool = False,
-                 seed: int = 0, pad_to_multiple_of: int = 8, mlm_positions_per_row: Optional[int] = None):
+                 seed: int = 0, pad_to_multiple_of: int = 8, mlm_positions_per_row: int | None = None):
         self.mlm_probability = mlm_probability
         self.mlm_positions_per_row = mlm_positions_per_row
         self.whole_word_masking = whole_word_masking

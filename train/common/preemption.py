@@ -26,7 +26,6 @@ import signal
 import sys
 import threading
 from pathlib import Path
-from typing import Optional
 
 MARKER = "PREEMPTED"
 PR_SET_PDEATHSIG = 1  # <linux/prctl.h>
@@ -44,7 +43,7 @@ logger = logging.getLogger(__name__)
 
 class PreemptionFlag:
     def __init__(self, signals=(signal.SIGUSR1, signal.SIGTERM), interrupt: bool = True):
-        self.received: Optional[int] = None  # the first signal: what PREEMPTED reports
+        self.received: int | None = None  # the first signal: what PREEMPTED reports
         self.interrupts = 0
         if threading.current_thread() is not threading.main_thread():
             return
@@ -154,6 +153,6 @@ def clear_marker(output_dir: Path) -> None:
         pass
 
 
-def read_marker(output_dir: Path) -> Optional[dict]:
+def read_marker(output_dir: Path) -> dict | None:
     path = output_dir / MARKER
     return json.loads(path.read_text()) if path.is_file() else None

@@ -19,10 +19,10 @@ import hashlib
 import os
 import random
 import re
+from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from itertools import chain
 from pathlib import Path
-from typing import Iterable, Iterator, Optional, Sequence
 
 import datasets
 import numpy as np
@@ -82,7 +82,7 @@ def split_sentences(paragraph: str, wikitext: bool) -> list[str]:
 def document_ranges(lines: Iterable[str], boundary: str) -> list[tuple[int, int]]:
     """[start, end) line ranges of documents; headings and blank lines may lie inside a range."""
     ranges: list[tuple[int, int]] = []
-    start: Optional[int] = None
+    start: int | None = None
     last_content = -1
     for i, line in enumerate(lines):
         if boundary == "wikitext":
@@ -291,7 +291,7 @@ class _InstanceBuilder:
             self._add_group(instances, starts, ends, group)
         return instances.table(self.settings.nsp)
 
-    def _add_group(self, out: "_InstanceColumns", starts: list[int], ends: list[int], group: int) -> None:
+    def _add_group(self, out: _InstanceColumns, starts: list[int], ends: list[int], group: int) -> None:
         s = self.settings
         rng = random.Random(f"{s.seed}-{self.split}-{group}")
         own = [d for d in self._tokenized_documents(starts, ends) if d]
@@ -328,8 +328,8 @@ class _InstanceColumns:
         self.b_lengths: list[int] = []  # B [SEP]: token type 1 (0 without a B segment)
         self.labels: list[int] = []
 
-    def add(self, cls_id: int, tokens_a: list[int], sep_id: int, tokens_b: Optional[list[int]] = None,
-            next_sentence_label: Optional[int] = None) -> None:
+    def add(self, cls_id: int, tokens_a: list[int], sep_id: int, tokens_b: list[int] | None = None,
+            next_sentence_label: int | None = None) -> None:
         self.ids.append(cls_id)
         self.ids.extend(tokens_a)
         self.ids.append(sep_id)
@@ -373,7 +373,7 @@ def _small_dataset(columns: dict[str, pa.Array], fingerprint: str) -> datasets.D
     return datasets.Dataset(InMemoryTable(pa.table(columns)), fingerprint=fingerprint)
 
 
-def default_preprocessing_workers(requested: Optional[int], groups: int) -> Optional[int]:
+def default_preprocessing_workers(requested: int | None, groups: int) -> int | None:
     """--preprocessing_num_workers when it asks for a pool that has work for two processes at least, else None.
 
     No pool by default: on 2 cores the tokenizer's own threads already use both, and a pool's start-up cost
@@ -396,7 +396,7 @@ def tokenizer_fingerprint(tokenizer) -> str:
 
 
 def build_instances(lines: datasets.Dataset, ranges: datasets.Dataset, tokenizer, settings: InstanceSettings,
-                    split: str, num_proc: Optional[int] = None, overwrite_cache: bool = False) -> datasets.Dataset:
+                    split: str, num_proc: int | None = None, overwrite_cache: bool = False) -> datasets.Dataset:
     """Map document ranges of `lines` to pretraining instances (cached by content fingerprint)."""
     if len(ranges) == 0:
         raise DataError(f"split '{split}' has no documents with text (empty or whitespace-only input)")
@@ -419,7 +419,7 @@ def build_instances(lines: datasets.Dataset, ranges: datasets.Dataset, tokenizer
                       load_from_cache_file=not overwrite_cache, desc=f"Building {split} instances")
 
 
-def instance_cache_file(lines: datasets.Dataset, fingerprint: str) -> Optional[str]:
+def instance_cache_file(lines: datasets.Dataset, fingerprint: str) -> str | None:
     """The instances' Arrow file, next to the line dataset's own cache files. It must be named: the map runs
     over the small in-memory group table, and datasets keeps the result of a map over an in-memory table in
     memory (no file, no cache hit in the next run, every rank building its own copy). None for an in-memory
@@ -467,7 +467,7 @@ def load_line_splits(data_args) -> datasets.DatasetDict:
 _SPLIT_WORDS = {"train": ("train",), "validation": ("valid", "dev"), "test": ("test",)}
 
 
-def _text_file_in(folder: Path, split: str) -> Optional[Path]:
+def _text_file_in(folder: Path, split: str) -> Path | None:
     """A text file in `folder` (or one level down, as WikiText unzips) to name in the error, the split's first."""
     found = sorted(p for pattern in ("*.raw", "*.txt", "*/*.raw", "*/*.txt") for p in folder.glob(pattern)
                    if p.is_file())

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
-from typing import Optional
 
 import torch
 
@@ -45,7 +44,7 @@ def training_baselines(train_split, vocab_size: int, special_ids) -> Baselines:
 
 @torch.no_grad()
 def evaluate_pretraining(model, dataloader, accelerator, expected_examples: int, nsp: bool,
-                         progress: bool = False, baselines: Optional[Baselines] = None) -> dict[str, Optional[float]]:
+                         progress: bool = False, baselines: Baselines | None = None) -> dict[str, float | None]:
     was_training = model.training
     model.eval()
     gathered = []
@@ -71,7 +70,7 @@ def evaluate_pretraining(model, dataloader, accelerator, expected_examples: int,
     return summarize_pretraining_eval(table, nsp)
 
 
-def summarize_pretraining_eval(table: torch.Tensor, nsp: bool) -> dict[str, Optional[float]]:
+def summarize_pretraining_eval(table: torch.Tensor, nsp: bool) -> dict[str, float | None]:
     """table: float64 [N, 4] of per-example (mlm_nll_sum, masked_tokens, nsp_nll, nsp_correct), or [N, 6] with
     the baselines' (unigram_nll_sum, next_sentence_label)."""
     nll, masked = table[:, 0].sum().item(), table[:, 1].sum().item()

@@ -5,7 +5,7 @@ from __future__ import annotations
 import os
 import shutil
 from pathlib import Path
-from typing import Any, Optional
+from typing import Any
 
 from datasets.fingerprint import Hasher
 
@@ -53,7 +53,7 @@ def obtain_tokenizer(data_args, corpus: Corpus, output_dir: Path, is_main_proces
     return tokenizer
 
 
-def trained_vocabulary_cache(corpus: Corpus, vocab_size: int) -> Optional[Path]:
+def trained_vocabulary_cache(corpus: Corpus, vocab_size: int) -> Path | None:
     """Where a vocabulary trained on this corpus's training documents is kept (None for in-memory text)."""
     lines = corpus.lines["train"]
     if not lines.cache_files:

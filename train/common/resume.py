@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Optional
 
 from accelerate.logging import get_logger
 
@@ -14,7 +13,7 @@ logger = get_logger(__name__)
 
 
 def resume_from_checkpoint(accelerator, run_args, output_dir: Path, train_state,
-                           model_signature: dict) -> Optional[int]:
+                           model_signature: dict) -> int | None:
     """Load the requested checkpoint; returns its step, or None for a fresh start.
 
     'latest' with no checkpoint yet is a fresh start (the first run of a requeued job). A

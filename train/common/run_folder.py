@@ -18,8 +18,9 @@ import shutil
 import subprocess
 import sys
 import tempfile
+from collections.abc import Iterable
 from pathlib import Path
-from typing import Any, Iterable, Optional
+from typing import Any
 
 import yaml
 from transformers import PreTrainedModel
@@ -64,10 +65,10 @@ _ELSEWHERE_FIXES = {errno.ENOSPC: "free space there", errno.EDQUOT: "free space 
                     errno.EROFS: "that location must be writable"}
 # The output folders this process checked, with the nearest folder that existed then (None: it existed itself).
 # run_main removes those it made, while still empty, when a run fails: a failed start leaves nothing behind.
-_checked_output_dirs: dict[Path, Optional[Path]] = {}
+_checked_output_dirs: dict[Path, Path | None] = {}
 
 
-def write_error_line(err: OSError, fallback: Optional[Path] = None, in_run_folder: bool = True) -> str:
+def write_error_line(err: OSError, fallback: Path | None = None, in_run_folder: bool = True) -> str:
     """"cannot write PATH: REASON; FIX" for an OSError of WRITE_ERRNOS."""
     where = err.filename or (f"under {fallback}" if fallback else "a file")
     fix = _WRITE_FIXES[err.errno] if in_run_folder else _ELSEWHERE_FIXES[err.errno]
@@ -90,7 +91,7 @@ _TORCH_WRITER = ("inline_container.cc", "PytorchStreamWriter failed", "iostream 
 _NEARLY_FULL_BYTES = 64 << 20
 
 
-def _free_bytes(path: Path) -> Optional[int]:
+def _free_bytes(path: Path) -> int | None:
     while not os.path.exists(path) and path != path.parent:
         path = path.parent
     try:
@@ -100,7 +101,7 @@ def _free_bytes(path: Path) -> Optional[int]:
     return st.f_bavail * st.f_frsize
 
 
-def write_failure(err: BaseException, where: Optional[Path]) -> Optional[OSError]:
+def write_failure(err: BaseException, where: Path | None) -> OSError | None:
     """The OSError (of WRITE_ERRNOS) behind a failed write under `where` (the run folder, if known), also when the
     writer raised something else (then without a file name); None when it is not one."""
     seen: set[int] = set()
@@ -221,7 +222,7 @@ def package_versions() -> dict[str, str]:
     return versions
 
 
-def check_output_dir(output_dir: Path, flat_config: dict[str, Any], resume: Optional[str], overwrite: bool) -> None:
+def check_output_dir(output_dir: Path, flat_config: dict[str, Any], resume: str | None, overwrite: bool) -> None:
     """Refuse to mix two different runs in one folder; runs on every rank before anything is written."""
     check_output_path(output_dir)
     config_file = output_dir / "config.yaml"
@@ -254,7 +255,7 @@ def clear_run_files(output_dir: Path) -> None:
 
 
 def write_run_config(output_dir: Path, task: str, flat_config: dict[str, Any], distributed: dict[str, Any],
-                     extra: Optional[dict[str, Any]] = None) -> None:
+                     extra: dict[str, Any] | None = None) -> None:
     record = {
         "task": task,
         "world_size": distributed.get("num_processes", 1),
@@ -282,7 +283,7 @@ class MetricsLogger:
     purge them, so a run that was interrupted reads like one that was not.
     """
 
-    def __init__(self, accelerator, output_dir: Path, resume_step: Optional[int]):
+    def __init__(self, accelerator, output_dir: Path, resume_step: int | None):
         self.accelerator = accelerator
         self.path = output_dir / "metrics.jsonl"
         if accelerator.is_main_process:
@@ -316,7 +317,7 @@ class MetricsLogger:
             self.accelerator.log(scalars, step=record["step"])
 
 
-def load_eval_results(output_dir: Path, resume_step: Optional[int], task: str) -> dict[str, Any]:
+def load_eval_results(output_dir: Path, resume_step: int | None, task: str) -> dict[str, Any]:
     path = output_dir / "eval_results.json"
     results: dict[str, Any] = {"task": task, "epochs": [], "test": None}
     if resume_step is not None and path.is_file():
@@ -341,7 +342,7 @@ CURRENT_KEY_NAMES = ({"save_original_format": False}
 
 
 def export_final_model(accelerator, model, hf_model, tokenizer, final_dir: Path, model_card: str,
-                       extra_files: Optional[dict[str, str]] = None) -> None:
+                       extra_files: dict[str, str] | None = None) -> None:
     """save_pretrained (safetensors) + tokenizer + model card into final/, atomically.
 
     `accelerator.get_state_dict` runs on every rank: under ZeRO-3 it gathers the partitions.

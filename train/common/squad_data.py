@@ -30,12 +30,11 @@ import math
 import os
 import re
 from collections import defaultdict
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Any, Sequence
+from typing import Any
 
 import numpy as np
-
 
 # Help text for the scripts' --doc_stride / --max_query_length flags, so that the meaning is written once.
 DOC_STRIDE_HELP = ("Context tokens that two consecutive windows of a long context share (the Hugging Face "

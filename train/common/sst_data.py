@@ -50,8 +50,9 @@ import json
 import math
 import os
 from collections import Counter, defaultdict
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
-from typing import Iterable, NamedTuple, Sequence
+from typing import NamedTuple
 
 LABEL_NAMES = ("very negative", "negative", "neutral", "positive", "very positive")
 NUM_CLASSES = len(LABEL_NAMES)

@@ -17,7 +17,6 @@ with the peak for bf16/fp16 dense matrix work from the table below or --peak_tfl
 from __future__ import annotations
 
 import time
-from typing import Optional
 
 import torch
 
@@ -29,7 +28,7 @@ PEAK_TFLOPS = {
 }
 
 
-def peak_tflops_for(device_name: str, override: Optional[float] = None) -> Optional[float]:
+def peak_tflops_for(device_name: str, override: float | None = None) -> float | None:
     if override:
         return override
     # Longest key first so "H100 PCIe" wins over a shorter, more general match.
@@ -54,7 +53,7 @@ class IntervalTimer:
 
     def __init__(self):
         self._elapsed = 0.0
-        self._started: Optional[float] = time.perf_counter()
+        self._started: float | None = time.perf_counter()
 
     def pause(self) -> None:
         if self._started is not None:
@@ -75,7 +74,7 @@ class IntervalTimer:
         return seconds
 
 
-def mfu(flops: float, seconds: float, num_devices: int, peak_tflops: Optional[float]) -> Optional[float]:
+def mfu(flops: float, seconds: float, num_devices: int, peak_tflops: float | None) -> float | None:
     if not peak_tflops:
         return None
     return flops / seconds / (peak_tflops * 1e12 * num_devices)
