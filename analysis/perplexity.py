@@ -36,10 +36,10 @@ import torch
 if __package__ in (None, ""):
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from train.common.masking import IndexedDataset, PretrainingCollator, max_predictions_per_seq
-from train.common.pretraining_data import DataError, InstanceSettings, build_instances, ranges_dataset
-from train.common.pretraining_eval import evaluate_pretraining
-from train.common.pretraining_model import PretrainingObjective
+from train.common.data.masking import IndexedDataset, PretrainingCollator, max_predictions_per_seq
+from train.common.data.pretraining import DataError, InstanceSettings, build_instances, ranges_dataset
+from train.common.evaluation import evaluate_pretraining
+from train.common.models import PretrainingObjective
 
 DEFAULTS = {"max_seq_length": 128, "short_seq_prob": 0.1, "nsp": True, "mlm_probability": 0.15,
             "whole_word_masking": False, "eval_mask_seed": 0, "document_boundary": "auto"}

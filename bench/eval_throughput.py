@@ -4,7 +4,7 @@ run) against `Trainer.evaluate` on the same model, instances, fixed masks and ba
     python -m bench.eval_throughput --shape smoke                       # validation split of wiki.test.raw
     python -m bench.eval_throughput --shape bert_base --precision bf16 --repeats 3
 
-Ours: train.common.pretraining_eval.evaluate_pretraining over the prepared eval DataLoader (sparse MLM
+Ours: train.common.evaluation.evaluate_pretraining over the prepared eval DataLoader (sparse MLM
 head, per-example sums gathered with gather_for_metrics). Baseline: Trainer(BertForPreTraining).evaluate()
 with our eval collator (the same fixed masks) and TrainingArguments with the same batch size, precision and
 loader workers (dense MLM head, HF's loss). Both sides evaluate the SAME model object; every pass is
@@ -80,12 +80,12 @@ def main(argv=None) -> int:
     import torch
     from transformers import Trainer, TrainingArguments, set_seed
 
-    from train.common.batching import build_dataloader
+    from train.common.data.loaders import build_dataloader
+    from train.common.data.masking import IndexedDataset, PretrainingCollator, max_predictions_per_seq
+    from train.common.data.pretraining import build_pretraining_datasets, load_corpus
     from train.common.distributed import build_accelerator
-    from train.common.masking import IndexedDataset, PretrainingCollator, max_predictions_per_seq
-    from train.common.pretraining_data import build_pretraining_datasets, load_corpus
-    from train.common.pretraining_eval import evaluate_pretraining
-    from train.common.pretraining_model import PretrainingObjective, build_bert_config, build_pretraining_model
+    from train.common.evaluation import evaluate_pretraining
+    from train.common.models import PretrainingObjective, build_bert_config, build_pretraining_model
     from train.common.tokenizer import load_tokenizer
 
     args.vocab = args.vocab or ("bert" if args.shape == "bert_base" else "wordpiece8000")
@@ -167,7 +167,7 @@ def main(argv=None) -> int:
                      "sparse_mlm_head": args.sparse_mlm_head, "dataloader_num_workers": args.dataloader_num_workers,
                      "train_file": str(args.train_file)},
         "environment": environment("cuda" if torch.cuda.is_available() else "cpu"),
-        "ours": {"what": "train.common.pretraining_eval.evaluate_pretraining",
+        "ours": {"what": "train.common.evaluation.evaluate_pretraining",
                  "samples_per_second": summarize(passes["ours"]), "machine_probe_seconds": probes["ours"],
                  "result": outputs["ours"]},
         "baseline": {"what": "Trainer(BertForPreTraining).evaluate()",

@@ -82,8 +82,8 @@ def ours_argv(args, batch_size: int) -> list[str]:
 
 
 def parse_script_args(task: str, argv: list[str]):
-    from train.common.args import OptimizationArguments, RunArguments, parse_config
-    from train.common.finetune_args import ClassificationDataArguments, FinetuneModelArguments, QADataArguments
+    from train.common.config import OptimizationArguments, RunArguments, parse_config
+    from train.common.task_config import ClassificationDataArguments, FinetuneModelArguments, QADataArguments
     data_cls = ClassificationDataArguments if task == "sst" else QADataArguments
     return parse_config((FinetuneModelArguments, data_cls, OptimizationArguments, RunArguments),
                         argv + ["--output_dir", "unused"])
@@ -97,7 +97,7 @@ def baseline_features(task: str, parsed, tokenizer) -> list[dict[str, Any]]:
         examples = load_sst_splits(data_args).training_examples(data_args.train_on)[:data_args.max_train_samples]
         enc = tokenizer([ex.text for ex in examples], truncation=True, max_length=data_args.max_seq_length)
         return [{**{k: enc[k][i] for k in enc.keys()}, "labels": ex.label} for i, ex in enumerate(examples)]
-    from train.common.squad_data import load_squad_json, prepare_train_features, split_articles
+    from train.common.data.squad import load_squad_json, prepare_train_features, split_articles
     examples, _ = load_squad_json(data_args.train_file, data_args.answer_window)
     train, _ = split_articles(examples, data_args.train_articles)
     train = train[:data_args.max_train_samples]

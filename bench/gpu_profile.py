@@ -93,9 +93,9 @@ def main(argv=None) -> int:
     import torch
     from transformers import BertConfig
 
-    from train.common.masking import PretrainingCollator, max_predictions_per_seq
+    from train.common.data.masking import PretrainingCollator, max_predictions_per_seq
+    from train.common.models import PretrainingObjective, build_pretraining_model
     from train.common.optim import parameter_groups
-    from train.common.pretraining_model import PretrainingObjective, build_pretraining_model
     from train.common.throughput import bert_training_flops, peak_tflops_for
 
     device = torch.device(args.device)

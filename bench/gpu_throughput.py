@@ -172,7 +172,7 @@ def part_pretrain_trainer(args, p) -> dict[str, Any]:
 
     from bench.common import SyntheticBertVocab, summarize, synthetic_nsp_instances
     from bench.pretrain_throughput import parse_pretrain_args, run_trainer
-    from train.common.pretraining_model import build_bert_config
+    from train.common.models import build_bert_config
     from train.common.throughput import peak_tflops_for
     vocab = SyntheticBertVocab()
     instances = synthetic_nsp_instances((p["steps"] + 2) * p["batch"], p["seq"], vocab)

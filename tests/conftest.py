@@ -64,7 +64,7 @@ def corpus_dir(tmp_path_factory) -> Path:
     # One vocabulary shared by every test run: `tokenizers` breaks count ties in hash order, so
     # two trainings on the same text can differ in rare tokens, and runs compared against each
     # other must see the same ids. (--train_tokenizer itself is exercised by the smoke run.)
-    from train.common.pretraining_data import document_sentences
+    from train.common.data.pretraining import document_sentences
     from train.common.tokenizer import train_wordpiece
     lines = (folder / "train.raw").read_text().split("\n")
     train_wordpiece(document_sentences(lines, wikitext=True), 400, folder / "tokenizer")

@@ -380,7 +380,7 @@ def check_script_args(script: str, module: bool, script_args: list[str], cwd: Pa
     name = script if module else TRAINING_SCRIPTS.get(script)
     assert name in TRAINING_SCRIPTS.values(), f"{script}: not a training script this test knows how to parse"
     mod = importlib.import_module(name)
-    from train.common.args import parse_config
+    from train.common.config import parse_config
     with working_directory(cwd):
         parsed = _no_exit(script, lambda: parse_config(mod.ARGS, script_args, description=mod.__doc__))
     resources = [(n, kind) for n, kind in mod.hub_resources(*parsed) if n]

@@ -19,9 +19,9 @@ import yaml
 
 from tests.conftest import REPO, free_port, launch_env, pretrain_args, reset_accelerate_state, run_pretrain
 from train.common import run_folder
-from train.common.checkpointing import list_checkpoints, validate_checkpoint
+from train.common.checkpoint import list_checkpoints, validate_checkpoint
+from train.common.data.pretraining import DataError, _check_text_file
 from train.common.errors import run_main
-from train.common.pretraining_data import DataError, _check_text_file
 
 ENOSPC_FIX = "No space left on device; free space or choose another --output_dir"
 
@@ -96,7 +96,7 @@ def test_a_directory_as_train_file_says_so_and_names_a_file_in_it(tmp_path):
 
 def test_an_unreadable_train_file_says_so(tmp_path, monkeypatch):
     # root reads any file whatever its mode: the refusal is simulated where the file is opened
-    import train.common.pretraining_data as pd
+    import train.common.data.pretraining as pd
     path = tmp_path / "train.raw"
     path.write_text("text\n")
 
@@ -109,8 +109,8 @@ def test_an_unreadable_train_file_says_so(tmp_path, monkeypatch):
 
 
 def test_fine_tuning_files_that_are_directories(tmp_path):
-    from train.common.squad_data import SquadFormatError, load_squad_json
-    from train.common.sst_data import SSTFormatError, load_labeled_file, load_sst_ptb_trees
+    from train.common.data.squad import SquadFormatError, load_squad_json
+    from train.common.data.sst import SSTFormatError, load_labeled_file, load_sst_ptb_trees
     with pytest.raises(SSTFormatError, match=r"is a directory; pass a \.csv, \.tsv, \.json or \.jsonl file"):
         load_labeled_file(str(tmp_path))
     (tmp_path / "dev-v1.1.json").write_text("{}")
@@ -241,7 +241,7 @@ def assert_nothing_saved_lost(out: Path, steps: list[int]):
 
 def test_a_half_written_checkpoint_is_never_taken_as_complete(tmp_path):
     """What a kill -9 during a save leaves (no clean-up ran): resume skips it."""
-    from train.common.checkpointing import resume_candidates
+    from train.common.checkpoint import resume_candidates
     half = tmp_path / "checkpoints" / ".tmp-step_000008"
     half.mkdir(parents=True)
     (half / "model.safetensors").write_bytes(b"\0" * 10)
@@ -401,7 +401,7 @@ def test_a_real_full_disk(corpus_dir, tmp_path, tmpfs, capsys):
 def test_torchelastic_error_file_is_what_the_root_cause_section_shows(tmp_path, monkeypatch, capsys):
     from torch.distributed.elastic.multiprocessing.errors import ChildFailedError, ProcessFailure
 
-    from train.common.args import ConfigError
+    from train.common.config import ConfigError
     error_file = tmp_path / "error.json"
     monkeypatch.setenv("TORCHELASTIC_ERROR_FILE", str(error_file))
 

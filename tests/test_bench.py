@@ -74,7 +74,7 @@ def test_statistics_and_targets():
 def test_synthetic_batches_go_through_our_collator():
     """The GPU check's data: our PretrainingCollator must accept the synthetic vocabulary and instances."""
     from bench.common import SyntheticBertVocab, synthetic_nsp_instances
-    from train.common.masking import IGNORE_INDEX, IndexedDataset, PretrainingCollator
+    from train.common.data.masking import IGNORE_INDEX, IndexedDataset, PretrainingCollator
     vocab = SyntheticBertVocab()
     data = IndexedDataset(synthetic_nsp_instances(6, 32, vocab, seed=3))
     batch = PretrainingCollator(vocab, seed=0)(data.__getitems__(list(range(6))))
@@ -88,7 +88,7 @@ def test_gpu_modules_do_not_need_datasets():
     """The GPU machine has no `datasets`: the modules the GPU check imports must not need it, and
     train.pretrain must import with the placeholder."""
     code = ("import sys; sys.modules['datasets'] = None\n"
-            "import train.common.masking, train.common.pretraining_model, train.common.throughput, bench.common\n"
+            "import train.common.data.masking, train.common.models, train.common.throughput, bench.common\n"
             "from bench.gpu_throughput import import_pretrain_module\n"
             "module, note = import_pretrain_module()\n"
             "assert callable(module.main) and 'placeholder' in note, note\n"

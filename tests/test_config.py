@@ -6,14 +6,8 @@ from pathlib import Path
 import pytest
 import yaml
 
-from train.common.args import (
-    ConfigError,
-    OptimizationArguments,
-    PretrainingDataArguments,
-    PretrainingModelArguments,
-    RunArguments,
-    parse_config,
-)
+from train.common.config import ConfigError, OptimizationArguments, RunArguments, parse_config
+from train.common.task_config import PretrainingDataArguments, PretrainingModelArguments
 
 REPO = Path(__file__).resolve().parents[1]
 PRETRAIN = (PretrainingModelArguments, PretrainingDataArguments, OptimizationArguments, RunArguments)
@@ -62,7 +56,7 @@ def test_every_preset_validates(preset):
     text = yaml.safe_load(preset.read_text())
     task = text.get("task_script", None)
     assert task is None
-    from train.common.args import known_dataclasses_for_preset
+    from train.common.task_config import known_dataclasses_for_preset
     parse_config(known_dataclasses_for_preset(preset), ["--config", str(preset)])
 
 

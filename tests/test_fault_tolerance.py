@@ -14,7 +14,7 @@ import torch
 from safetensors.torch import load_file
 
 from tests.conftest import REPO, free_port, launch_env, pretrain_args, run_pretrain
-from train.common.pretraining_model import PretrainingObjective
+from train.common.models import PretrainingObjective
 
 pytestmark = pytest.mark.slow
 
@@ -119,7 +119,7 @@ def test_resume_on_another_process_count(corpus_dir, tmp_path):
 
 
 def test_checkpoint_of_another_model_shape_is_refused(corpus_dir, tmp_path):
-    from train.common.checkpointing import CheckpointError
+    from train.common.checkpoint import CheckpointError
     run = tmp_path / "shape"
     assert run_pretrain(pretrain_args(corpus_dir, run, "--max_train_steps", "2", "--checkpointing_steps", "2")) == 0
     other = tmp_path / "other"

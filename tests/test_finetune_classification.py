@@ -128,7 +128,7 @@ def cls_args(model: Path, output_dir: Path, *extra: str, trees: Path | None = No
 
 
 def test_length_grouped_sampler_is_a_seeded_permutation_of_similar_length_batches():
-    from train.common.finetune_common import LengthGroupedSampler
+    from train.common.data.loaders import LengthGroupedSampler
     rng = random.Random(0)
     lengths = [rng.randint(5, 120) for _ in range(1003)]
     sampler = LengthGroupedSampler(lengths, global_batch_size=8, seed=3, group_batches=10)
@@ -156,8 +156,8 @@ def test_resumed_runs_keep_the_first_runs_length_grouping():
     the consumed batches skips exactly the consumed examples."""
     from torch.utils.data import DataLoader
 
-    from train.common.checkpointing import TrainState
-    from train.common.finetune_common import LengthGroupedSampler, keep_length_grouping
+    from train.common.checkpoint import TrainState
+    from train.common.data.loaders import LengthGroupedSampler, keep_length_grouping
     lengths = [random.Random(i).randint(3, 60) for i in range(200)]
     first, state = LengthGroupedSampler(lengths, 16, seed=1), TrainState()
     keep_length_grouping(DataLoader(range(200), batch_size=8, sampler=first), state)
@@ -168,7 +168,7 @@ def test_resumed_runs_keep_the_first_runs_length_grouping():
 
 
 def test_padding_collator_pads_to_a_multiple_of_8_within_max_length():
-    from train.common.finetune_common import PaddingCollator
+    from train.common.data.loaders import PaddingCollator
     collate = PaddingCollator(pad_token_id=0, multiple_of=8, max_length=20)
     batch = collate([{"input_ids": [5] * 9, "attention_mask": [1] * 9, "token_type_ids": [0] * 9, "labels": 3},
                      {"input_ids": [6] * 3, "attention_mask": [1] * 3, "token_type_ids": [0] * 3, "labels": 1}])
@@ -178,7 +178,7 @@ def test_padding_collator_pads_to_a_multiple_of_8_within_max_length():
 
 
 def test_seed_aggregation_mean_and_sample_std():
-    from train.common.finetune_common import aggregate_seeds
+    from train.common.seeds import aggregate_seeds
     runs = [{"seed": 1, "dev_accuracy": 0.5, "note": "x"}, {"seed": 2, "dev_accuracy": 0.6},
             {"seed": 3, "dev_accuracy": 0.7}]
     out = aggregate_seeds(runs)
@@ -199,7 +199,7 @@ def smoke_run(tiny_bert, sst_trees, tmp_path_factory):
 @pytest.mark.slow
 def test_run_folder_contract(smoke_run, sst_trees):
     from analysis.classification import classification_metrics
-    from train.common.sst_data import load_sst_ptb_trees
+    from train.common.data.sst import load_sst_ptb_trees
     splits = load_sst_ptb_trees(str(sst_trees))
     config = yaml.safe_load((smoke_run / "config.yaml").read_text())
     assert config["task"] == "classification" and config["world_size"] == 1
@@ -296,7 +296,7 @@ def test_real_minilm_weights_learn_and_add_exactly_the_head(sst_trees, tmp_path)
 def test_leakage_check_runs_on_what_training_sees(tiny_bert, sst_trees, tmp_path, monkeypatch, capsys):
     """A dev sentence that is also a training phrase is removed from training; and if the data layer ever let one
     through, the script stops with the leakage error instead of training on it."""
-    from train.common.sst_data import SSTSplits, load_sst_ptb_trees
+    from train.common.data.sst import SSTSplits, load_sst_ptb_trees
     leak = shutil.copytree(sst_trees, tmp_path / "leak")
     noun = load_sst_ptb_trees(str(sst_trees)).train.sentences[0].text.split()[1]  # "the NOUN" is a training phrase
     (leak / "dev.txt").write_text((sst_trees / "dev.txt").read_text() + f"(2 (2 the) (2 {noun}))\n")
@@ -421,7 +421,7 @@ def test_loss_is_the_mean_over_the_accumulation_window(tiny_bert, sst_trees, tmp
     assert run_classification(cls_args(tiny_bert, two, *common, "--per_device_train_batch_size", "4",
                                        "--gradient_accumulation_steps", "2", trees=sst_trees)) == 0
     assert_same_tensors(final_tensors(one), final_tensors(two), exact=False, atol=2e-6)
-    from train.common.sst_data import class_weights, load_sst_ptb_trees
+    from train.common.data.sst import class_weights, load_sst_ptb_trees
     splits = load_sst_ptb_trees(str(sst_trees))
     expected = class_weights([ex.label for ex in splits.training_examples("phrases")])
     assert json.loads((one / "eval_results.json").read_text())["data"]["class_weights"] == pytest.approx(expected)

@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 import torch
 
-from train.common.masking import IGNORE_INDEX, PretrainingCollator
+from train.common.data.masking import IGNORE_INDEX, PretrainingCollator
 
 
 @pytest.fixture(scope="module")

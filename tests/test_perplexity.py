@@ -11,7 +11,7 @@ import torch
 
 from analysis.perplexity import compute_perplexity
 from tests.conftest import REPO, free_port, launch_env, pretrain_args, reset_accelerate_state, run_pretrain
-from train.common.masking import IGNORE_INDEX, IndexedDataset, PretrainingCollator
+from train.common.data.masking import IGNORE_INDEX, IndexedDataset, PretrainingCollator
 
 
 def save_tiny(model_class, corpus_dir, folder):
@@ -41,7 +41,7 @@ def test_matches_a_hand_computation(tiny_model_dir, corpus_dir):
     from datasets import load_dataset
     from transformers import AutoTokenizer, BertForPreTraining
 
-    from train.common.pretraining_data import InstanceSettings, build_instances, ranges_dataset
+    from train.common.data.pretraining import InstanceSettings, build_instances, ranges_dataset
     result = ppl(tiny_model_dir, corpus_dir)
     # By hand: the same instances and fixed masks, the stock HF forward, a plain token-weighted mean.
     tokenizer = AutoTokenizer.from_pretrained(tiny_model_dir)
@@ -74,7 +74,7 @@ def test_pseudo_perplexity_by_hand(tiny_model_dir, corpus_dir):
     model = BertForPreTraining.from_pretrained(tiny_model_dir).eval()
     from datasets import load_dataset
 
-    from train.common.pretraining_data import InstanceSettings, build_instances, ranges_dataset
+    from train.common.data.pretraining import InstanceSettings, build_instances, ranges_dataset
     lines = load_dataset("text", data_files={"eval": str(corpus_dir / "test.raw")})["eval"]
     ranges, _ = ranges_dataset(lines, "wikitext")
     instances = build_instances(lines, ranges, tokenizer, InstanceSettings(64, 0.1, True, 0, True), "test")

@@ -8,7 +8,7 @@ import pytest
 import torch
 
 from tests.conftest import reset_accelerate_state
-from train.common.pretraining_eval import baseline_notes, evaluate_pretraining, training_baselines
+from train.common.evaluation import baseline_notes, evaluate_pretraining, training_baselines
 
 SPECIAL = [0, 1, 2]  # [PAD], [CLS], [SEP] in this toy vocabulary of 8
 

@@ -7,8 +7,8 @@ from pathlib import Path
 import pytest
 
 from tests.conftest import SHARED_DATA, write_wikitext_corpus
-from train.common import pretraining_data as pd
-from train.common.args import PretrainingDataArguments
+from train.common.data import pretraining as pd
+from train.common.task_config import PretrainingDataArguments
 
 
 def test_wikitext_headings_start_articles_and_sections_do_not():
@@ -264,7 +264,7 @@ def test_a_trained_vocabulary_is_reused_by_the_next_run_on_the_same_text(tmp_pat
     """--train_tokenizer: the trainer breaks ties in hash order, so retraining may change rare tokens; a second
     run on the same training documents must get the first run's vocabulary (not retrain), another size or
     other text a new one."""
-    from train.common import pretraining_setup
+    from train.common.data import vocabulary as pretraining_setup
     path = write_wikitext_corpus(tmp_path / "c.raw", articles=8, seed=11)
     args = _data_args(train_file=str(path), train_tokenizer=300)
     first = pretraining_setup.obtain_tokenizer(args, pd.load_corpus(args, 0), tmp_path / "run1", True)

@@ -6,8 +6,8 @@ import torch
 from transformers import BertConfig
 
 from bench.common import SyntheticBertVocab, synthetic_nsp_instances
-from train.common.masking import IGNORE_INDEX, IndexedDataset, PretrainingCollator, max_predictions_per_seq
-from train.common.pretraining_model import PretrainingObjective, build_pretraining_model
+from train.common.data.masking import IGNORE_INDEX, IndexedDataset, PretrainingCollator, max_predictions_per_seq
+from train.common.models import PretrainingObjective, build_pretraining_model
 
 TINY = dict(hidden_size=32, num_hidden_layers=2, num_attention_heads=2, intermediate_size=64,
             max_position_embeddings=64, hidden_dropout_prob=0.0, attention_probs_dropout_prob=0.0)

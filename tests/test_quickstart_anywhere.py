@@ -21,13 +21,8 @@ import pytest
 import yaml
 
 from tests.conftest import REPO, SHARED_DATA
-from train.common.args import (
-    OptimizationArguments,
-    PretrainingDataArguments,
-    PretrainingModelArguments,
-    RunArguments,
-    parse_config,
-)
+from train.common.config import OptimizationArguments, RunArguments, parse_config
+from train.common.task_config import PretrainingDataArguments, PretrainingModelArguments
 
 SAMPLE = REPO / "data" / "sample"
 SAMPLE_TRAIN = "data/sample/wikitext-2-raw/sample-train.raw"
@@ -64,8 +59,8 @@ def test_sample_rebuilds_byte_for_byte_from_shared_data():
 
 
 def test_sample_records_are_whole_and_load_with_the_project_loaders():
-    from train.common.pretraining_data import document_ranges
-    from train.common.sst_data import load_sst_ptb_trees
+    from train.common.data.pretraining import document_ranges
+    from train.common.data.sst import load_sst_ptb_trees
     documents = {}
     for name in ("sample-train.raw", "sample-test.raw"):
         lines = (SAMPLE / "wikitext-2-raw" / name).read_text().split("\n")

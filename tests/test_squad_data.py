@@ -10,7 +10,7 @@ os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 import numpy as np
 import pytest
 
-from train.common import squad_data as sq
+from train.common.data import squad as sq
 
 FIX = Path(__file__).parent / "fixtures" / "squad"
 REAL = Path(__file__).resolve().parents[2] / "shared" / "data" / "squad"

@@ -5,8 +5,8 @@ from pathlib import Path
 
 import pytest
 
-from train.common import sst_data as sst
-from train.common.sst_data import Example
+from train.common.data import sst
+from train.common.data.sst import Example
 
 FIX = Path(__file__).parent / "fixtures" / "sst"
 REAL = Path(__file__).resolve().parents[2] / "shared" / "data" / "sst"

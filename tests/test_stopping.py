@@ -21,7 +21,7 @@ import pytest
 from tests.conftest import REPO, free_port, launch_env, pretrain_args, read_jsonl, run_pretrain
 from tests.test_finetune_classification import cls_args, run_classification, write_sst_trees, write_tiny_bert
 from tests.test_finetune_qa import TINY_V1, qa_args, run_qa
-from train.common.checkpointing import list_checkpoints, validate_checkpoint
+from train.common.checkpoint import list_checkpoints, validate_checkpoint
 
 LONG = "100000"      # optimizer steps: far more than a test waits for, so a process that is not stopped keeps going
 GONE_WITHIN = 90     # seconds for the launcher and all its descendants to exit after the signal (typically ~5)

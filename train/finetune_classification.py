@@ -31,9 +31,9 @@ from pathlib import Path
 if __package__ in (None, ""):  # `python train/finetune_classification.py`: make `train.common` importable
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from train.common.args import ConfigError, OptimizationArguments, RunArguments, flat_config, parse_config
-from train.common.finetune_args import ClassificationDataArguments, FinetuneModelArguments
+from train.common.config import ConfigError, OptimizationArguments, RunArguments, flat_config, parse_config
 from train.common.hub_access import FINETUNE_HINT, go_offline_if_unreachable, hub_names, preflight
+from train.common.task_config import ClassificationDataArguments, FinetuneModelArguments
 
 ARGS = (FinetuneModelArguments, ClassificationDataArguments, OptimizationArguments, RunArguments)
 
@@ -55,49 +55,24 @@ from accelerate.logging import get_logger
 from transformers import AutoModelForSequenceClassification
 
 from analysis.classification import classification_metrics, majority_baseline
-from train.common.batching import accumulation_windows, step_seed
-from train.common.checkpointing import TrainState, checkpoint_name, load_checkpoint, save_checkpoint
-from train.common.console import RunClock, StepProgress, fmt, print_summary, show_bars
-from train.common.distributed import (
-    agree_on_flags,
-    check_replicas_in_sync,
-    distributed_summary,
-    is_deepspeed,
-    start_run,
+from train.common.checkpoint import (
+    TrainState,
+    checkpoint_name,
+    load_checkpoint,
+    resume_from_checkpoint,
+    save_checkpoint,
 )
-from train.common.errors import run_main
-from train.common.finetune_common import (
-    IntervalStats,
+from train.common.console import RunClock, StepProgress, fmt, print_summary, show_bars
+from train.common.data.loaders import (
     PaddingCollator,
+    accumulation_windows,
     build_eval_dataloader,
     build_train_dataloader,
-    check_max_seq_length,
-    classification_nll,
-    evaluate_outputs,
-    finetune_model_card,
-    from_hub,
     keep_length_grouping,
-    load_model_for_task,
     model_inputs,
-    parameter_block,
-    require_trained_head,
-    rounded_epoch,
-    run_seeds,
-    start_logging,
-    steps_or_fail,
-    stop_early,
+    step_seed,
 )
-from train.common.optim import build_optimizer, build_scheduler
-from train.common.preemption import PreemptionFlag
-from train.common.resume import resume_from_checkpoint
-from train.common.run_folder import (
-    export_final_model,
-    push_folder_to_hub,
-    write_json_atomic,
-    write_run_config,
-    write_text_atomic,
-)
-from train.common.sst_data import (
+from train.common.data.sst import (
     LABEL_NAMES,
     NUM_CLASSES,
     check_no_leakage,
@@ -107,6 +82,35 @@ from train.common.sst_data import (
     load_sst_original,
     load_sst_ptb_trees,
 )
+from train.common.distributed import (
+    agree_on_flags,
+    check_replicas_in_sync,
+    distributed_summary,
+    is_deepspeed,
+    start_run,
+)
+from train.common.errors import run_main
+from train.common.evaluation import evaluate_outputs
+from train.common.loop import IntervalStats, rounded_epoch, start_logging, steps_or_fail, stop_early
+from train.common.model_card import finetune_model_card
+from train.common.models import (
+    check_max_seq_length,
+    classification_nll,
+    from_hub,
+    load_model_for_task,
+    parameter_block,
+    require_trained_head,
+)
+from train.common.optim import build_optimizer, build_scheduler
+from train.common.preemption import PreemptionFlag
+from train.common.run_folder import (
+    export_final_model,
+    push_folder_to_hub,
+    write_json_atomic,
+    write_run_config,
+    write_text_atomic,
+)
+from train.common.seeds import run_seeds
 from train.common.throughput import IntervalTimer
 
 logger = get_logger(__name__)

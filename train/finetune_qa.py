@@ -30,9 +30,9 @@ from pathlib import Path
 if __package__ in (None, ""):  # `python train/finetune_qa.py`: make `train.common` importable
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from train.common.args import ConfigError, OptimizationArguments, RunArguments, flat_config, parse_config
-from train.common.finetune_args import FinetuneModelArguments, QADataArguments
+from train.common.config import ConfigError, OptimizationArguments, RunArguments, flat_config, parse_config
 from train.common.hub_access import FINETUNE_HINT, go_offline_if_unreachable, hub_names, preflight
+from train.common.task_config import FinetuneModelArguments, QADataArguments
 
 ARGS = (FinetuneModelArguments, QADataArguments, OptimizationArguments, RunArguments)
 
@@ -55,9 +55,28 @@ from transformers import AutoModelForQuestionAnswering
 
 import analysis.squad as squad_eval
 from analysis.text_metrics import WordNetMissingError, text_metrics
-from train.common.batching import accumulation_windows, step_seed
-from train.common.checkpointing import TrainState, save_checkpoint
+from train.common.checkpoint import TrainState, resume_from_checkpoint, save_checkpoint
 from train.common.console import RunClock, StepProgress, fmt, print_summary, show_bars
+from train.common.data.loaders import (
+    FinetuneDataError,
+    PaddingCollator,
+    accumulation_windows,
+    build_eval_dataloader,
+    build_train_dataloader,
+    keep_length_grouping,
+    model_inputs,
+    step_seed,
+)
+from train.common.data.squad import (
+    load_squad_hub,
+    load_squad_json,
+    postprocess_qa_predictions,
+    prepare_eval_features,
+    prepare_train_features,
+    split_articles,
+    squad_gold_from_examples,
+    squad_repair_lines,
+)
 from train.common.distributed import (
     agree_on_flags,
     check_replicas_in_sync,
@@ -66,42 +85,21 @@ from train.common.distributed import (
     start_run,
 )
 from train.common.errors import run_main
-from train.common.finetune_common import (
-    FinetuneDataError,
-    IntervalStats,
-    PaddingCollator,
-    build_eval_dataloader,
-    build_train_dataloader,
+from train.common.evaluation import evaluate_outputs
+from train.common.loop import IntervalStats, rounded_epoch, start_logging, steps_or_fail, stop_early
+from train.common.model_card import finetune_model_card
+from train.common.models import (
     check_max_seq_length,
-    evaluate_outputs,
-    finetune_model_card,
     from_hub,
-    keep_length_grouping,
     load_model_for_task,
     masked_span_logits,
-    model_inputs,
     parameter_block,
     require_trained_head,
-    rounded_epoch,
     span_nll,
-    squad_gold_from_examples,
-    squad_repair_lines,
-    start_logging,
-    steps_or_fail,
-    stop_early,
 )
 from train.common.optim import build_optimizer, build_scheduler
 from train.common.preemption import PreemptionFlag
-from train.common.resume import resume_from_checkpoint
 from train.common.run_folder import export_final_model, push_folder_to_hub, write_json_atomic, write_run_config
-from train.common.squad_data import (
-    load_squad_hub,
-    load_squad_json,
-    postprocess_qa_predictions,
-    prepare_eval_features,
-    prepare_train_features,
-    split_articles,
-)
 from train.common.throughput import IntervalTimer
 
 logger = get_logger(__name__)

@@ -18,16 +18,9 @@ from pathlib import Path
 if __package__ in (None, ""):  # `python train/pretrain.py`: make `train.common` importable
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from train.common.args import (
-    OptimizationArguments,
-    PretrainingDataArguments,
-    PretrainingModelArguments,
-    RunArguments,
-    check_sequence_length,
-    flat_config,
-    parse_config,
-)
+from train.common.config import OptimizationArguments, RunArguments, check_sequence_length, flat_config, parse_config
 from train.common.hub_access import preflight
+from train.common.task_config import PretrainingDataArguments, PretrainingModelArguments
 
 ARGS = (PretrainingModelArguments, PretrainingDataArguments, OptimizationArguments, RunArguments)
 
@@ -43,9 +36,12 @@ if __name__ == "__main__":
 import torch
 from accelerate.logging import get_logger
 
-from train.common.batching import accumulation_windows, build_dataloader, step_seed
-from train.common.checkpointing import TrainState, save_checkpoint
+from train.common.checkpoint import TrainState, resume_from_checkpoint, save_checkpoint
 from train.common.console import RunClock, StepProgress, fmt, print_summary, show_bars
+from train.common.data.loaders import accumulation_windows, build_dataloader, step_seed
+from train.common.data.masking import IndexedDataset, PretrainingCollator, max_predictions_per_seq
+from train.common.data.pretraining import build_pretraining_datasets, load_corpus
+from train.common.data.vocabulary import obtain_tokenizer
 from train.common.distributed import (
     agree_on_flags,
     check_replicas_in_sync,
@@ -55,15 +51,12 @@ from train.common.distributed import (
     zero3_init_as_configured,
 )
 from train.common.errors import run_main
+from train.common.evaluation import baseline_notes, evaluate_pretraining, training_baselines
 from train.common.hub_access import go_offline_if_unreachable, hub_names
-from train.common.masking import IndexedDataset, PretrainingCollator, max_predictions_per_seq
+from train.common.model_card import model_card
+from train.common.models import PretrainingObjective, build_bert_config, build_pretraining_model
 from train.common.optim import build_optimizer, build_scheduler
 from train.common.preemption import PreemptionFlag, write_marker
-from train.common.pretraining_data import build_pretraining_datasets, load_corpus
-from train.common.pretraining_eval import baseline_notes, evaluate_pretraining, training_baselines
-from train.common.pretraining_model import PretrainingObjective, build_bert_config, build_pretraining_model
-from train.common.pretraining_setup import model_card, obtain_tokenizer
-from train.common.resume import resume_from_checkpoint
 from train.common.run_folder import (
     MetricsLogger,
     export_final_model,

@@ -18,7 +18,7 @@ import torch
 from accelerate import Accelerator, DataLoaderConfiguration, InitProcessGroupKwargs
 from accelerate.utils import DistributedType, GradientAccumulationPlugin, ProjectConfiguration, set_seed
 
-from .args import ConfigError
+from .config import ConfigError
 from .preemption import clear_marker
 from .run_folder import check_output_dir, clear_run_files
 

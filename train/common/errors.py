@@ -13,15 +13,16 @@ from pathlib import Path
 
 
 def _expected() -> tuple[type[BaseException], ...]:
-    from .args import ConfigError
-    from .checkpointing import CheckpointError
+    from .checkpoint import CheckpointError
+    from .config import ConfigError
+    from .data.loaders import FinetuneDataError
+    from .data.pretraining import DataError
+    from .data.squad import SquadFormatError
+    from .data.sst import LeakageError, SSTFormatError
     from .distributed import LaunchError
-    from .finetune_common import FinetuneDataError, FinetuneModelError
     from .hub_access import HubUnreachableError
-    from .pretraining_data import DataError
+    from .models import FinetuneModelError
     from .run_folder import HubUploadError, RunFolderError
-    from .squad_data import SquadFormatError
-    from .sst_data import LeakageError, SSTFormatError
     from .tokenizer import TokenizerError
     return (ConfigError, CheckpointError, LaunchError, DataError, RunFolderError, HubUploadError, TokenizerError,
             SSTFormatError, LeakageError, SquadFormatError, FinetuneModelError, FinetuneDataError,

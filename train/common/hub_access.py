@@ -109,7 +109,7 @@ def preflight(argument_types: Sequence[type], description: str, resources: Calla
     neither the Hub nor the cache can provide what the run needs, say so now (one line, exit 2).
 
     Anything wrong with the options is left to the script's own parsing (one error message, not two)."""
-    from .args import parse_config
+    from .config import parse_config
     argv = list(sys.argv[1:] if argv is None else argv)
     if "-h" in argv or "--help" in argv:
         parse_config(argument_types, argv, description=description)  # prints the help and exits

@@ -9,11 +9,15 @@ exp(mean of per-batch means) and never exp(MLM + NSP).
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 from dataclasses import dataclass
+from typing import Any
 
+import numpy as np
 import torch
 
 from .console import eval_batches
+from .data.loaders import model_inputs
 
 
 class EvaluationCountError(RuntimeError):
@@ -102,3 +106,55 @@ def baseline_notes(result: dict) -> list[str]:
         notes.append(f"NSP is at chance: accuracy {result['nsp_accuracy']:.3f} vs {result['nsp_majority_accuracy']:.3f} "
                      "always giving the majority answer")
     return notes
+
+
+class EvalCollector:
+    """Gathers per-example outputs across ranks (gather_for_metrics drops the samples the sampler repeated to even
+    out the last batch) and returns them in dataset order, checking that each example came back exactly once."""
+
+    def __init__(self, accelerator, expected: int):
+        self.accelerator, self.expected = accelerator, expected
+        self.parts: dict[str, list[np.ndarray]] = {}
+
+    def add(self, index: torch.Tensor, **outputs: torch.Tensor) -> None:
+        padded = {k: self.accelerator.pad_across_processes(v, dim=1, pad_index=float("-inf")) if v.dim() > 1 else v
+                  for k, v in outputs.items()}
+        gathered = self.accelerator.gather_for_metrics({"index": index, **padded})
+        for key, value in gathered.items():
+            self.parts.setdefault(key, []).append(value.detach().float().cpu().numpy() if key != "index"
+                                                  else value.cpu().numpy())
+
+    def result(self) -> dict[str, np.ndarray]:
+        index = np.concatenate(self.parts.get("index", [np.zeros(0, dtype=np.int64)]))
+        if len(index) != self.expected or not np.array_equal(np.sort(index), np.arange(self.expected)):
+            raise EvaluationCountError(f"evaluation gathered {len(index)} outputs for a split of {self.expected} "
+                                       "examples (each exactly once expected): the distributed sampler padded or "
+                                       "dropped samples")
+        out = {}
+        for key, parts in self.parts.items():
+            if key == "index":
+                continue
+            width = max((p.shape[1] for p in parts), default=0) if parts[0].ndim > 1 else None
+            if width is not None:
+                parts = [np.pad(p, ((0, 0), (0, width - p.shape[1])), constant_values=-np.inf) for p in parts]
+            values = np.concatenate(parts)
+            ordered = np.empty_like(values)
+            ordered[index] = values
+            out[key] = ordered
+        return out
+
+
+@torch.no_grad()
+def evaluate_outputs(model, dataloader, accelerator, expected: int,
+                     outputs_fn: Callable[[Any, dict], dict[str, torch.Tensor]],
+                     progress: bool = False) -> dict[str, np.ndarray]:
+    """One pass over an evaluation loader: outputs_fn(model outputs, batch) -> per-example tensors, returned in
+    dataset order for all `expected` examples on every rank."""
+    was_training = model.training
+    model.eval()
+    collector = EvalCollector(accelerator, expected)
+    for batch in eval_batches(dataloader, progress, accelerator.is_main_process, "eval"):
+        collector.add(batch["index"], **outputs_fn(model(**model_inputs(batch)), batch))
+    if was_training:
+        model.train()
+    return collector.result()

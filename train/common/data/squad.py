@@ -35,12 +35,35 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
+import hashlib
+import json
+import os
+from collections.abc import Callable, Sequence
+from dataclasses import replace
+from pathlib import Path
+from typing import Any
+import numpy as np
+import torch
+import torch.nn.functional as F
+from accelerate.logging import get_logger
+from accelerate.utils import set_seed
+from torch.utils.data import DataLoader, Dataset, Sampler
+from ..config import ConfigError, flat_config
+from .loaders import build_dataloader, default_num_workers
+from ..console import eval_batches
+from ..distributed import output_path
+from ..preemption import write_marker
+from ..run_folder import (
+    MetricsLogger,
+    check_output_dir,
+    clear_run_files,
+    load_eval_results,
+    numeric_summary,
+    write_json_atomic,
+    write_run_config,
+)
+from ..tokenizer import load_tokenizer
 
-# Help text for the scripts' --doc_stride / --max_query_length flags, so that the meaning is written once.
-DOC_STRIDE_HELP = ("Context tokens that two consecutive windows of a long context share (the Hugging Face "
-                   "tokenizer's `stride`: an OVERLAP, not the step between window starts of the original BERT "
-                   "run_squad.py). Must be smaller than max_seq_length - max_query_length - 3.")
-MAX_QUERY_LENGTH_HELP = "Questions longer than this many tokens are cut to their first max_query_length tokens."
 
 
 class SquadFormatError(ValueError):
@@ -531,3 +554,29 @@ def postprocess_qa_predictions(examples, features, start_logits, end_logits, n_b
         all_nbest[eid] = entries
     return predictions, all_nbest, null_odds
 
+
+def squad_gold_from_examples(examples: Sequence[dict], version: str) -> dict:
+    """Official SQuAD JSON ({"version", "data": articles -> paragraphs -> qas}) of loaded examples, for
+    analysis.squad when the evaluation set is not a file as it stands (hub data, a capped set)."""
+    articles: dict[str, dict[str, list]] = {}
+    for ex in examples:
+        paragraphs = articles.setdefault(ex["title"], {})
+        paragraphs.setdefault(ex["context"], []).append({
+            "id": ex["id"], "question": ex["question"], "is_impossible": ex["is_impossible"],
+            "answers": [{"text": t, "answer_start": s}
+                        for t, s in zip(ex["answers"]["text"], ex["answers"]["answer_start"])]})
+    return {"version": "v2.0" if version == "2.0" else "1.1",
+            "data": [{"title": title, "paragraphs": [{"context": c, "qas": qas} for c, qas in paragraphs.items()]}
+                     for title, paragraphs in articles.items()]}
+
+
+def squad_repair_lines(data_report: dict) -> list[str]:
+    """The answer repairs of each loaded SQuAD file, for the terminal (eval_results.json has the details)."""
+    lines = []
+    for role, report in data_report.items():
+        if report.get("answers_fixed") or report.get("answers_dropped") or report.get("questions_skipped"):
+            lines.append(f"{role} data ({report.get('source')}): {report['answers_fixed']} answer(s) moved to where "
+                         f"their text is, {report['answers_dropped']} dropped (text not near answer_start), "
+                         f"{report['questions_skipped']} question(s) skipped (no valid answer left); listed in "
+                         "eval_results.json data_report")
+    return lines

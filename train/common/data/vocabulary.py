@@ -1,17 +1,16 @@
-"""Pretraining set-up pieces that are not the loop: the tokenizer choice and the model card."""
+"""The pretraining vocabulary: a hub (or local) tokenizer, or a WordPiece trained on the training documents,
+cached by corpus fingerprint and size so that reruns and other ranks reuse it."""
 
 from __future__ import annotations
 
 import os
 import shutil
 from pathlib import Path
-from typing import Any
 
 from datasets.fingerprint import Hasher
 
-from .pretraining_data import Corpus, iter_document_text
-from .tokenizer import load_tokenizer, train_wordpiece
-
+from ..tokenizer import load_tokenizer, train_wordpiece
+from .pretraining import Corpus, iter_document_text
 # Bump when train_wordpiece's settings change, so vocabularies trained the old way are not reused.
 TOKENIZER_TRAINING_VERSION = 1
 
@@ -61,36 +60,3 @@ def trained_vocabulary_cache(corpus: Corpus, vocab_size: int) -> Path | None:
     key = Hasher.hash((TOKENIZER_TRAINING_VERSION, lines._fingerprint, corpus.ranges["train"]._fingerprint,
                        corpus.boundary, vocab_size))
     return Path(lines.cache_files[0]["filename"]).parent / f"wordpiece-{vocab_size}-{key}"
-
-
-def model_card(config: dict[str, Any], eval_results: dict[str, Any], train_state, distributed: dict[str, Any]) -> str:
-    data = config.get("train_file") or f"{config.get('dataset_name')}/{config.get('dataset_config_name')}"
-    last = eval_results["epochs"][-1] if eval_results.get("epochs") else {}
-    test = eval_results.get("test") or {}
-    nsp = config.get("nsp", True)
-    pooler = ("trained by next sentence prediction" if nsp else
-              "NOT trained (MLM-only run: --no_nsp); fine-tune it or use token-level outputs")
-    lines = [
-        "---", "library_name: transformers", "tags: [bert, fill-mask, pretraining]", "---", "",
-        "# BERT pretrained from scratch", "",
-        f"Masked language modelling{' + next sentence prediction' if nsp else ' only'} on `{data}`, "
-        f"{train_state.step} optimizer steps ({train_state.samples_seen} sequences, "
-        f"{train_state.tokens_seen} non-padding tokens), random initialisation.", "",
-        "| setting | value |", "|---|---|",
-        f"| layers / hidden / heads | {config['num_hidden_layers']} / {config['hidden_size']} / "
-        f"{config['num_attention_heads']} |",
-        f"| max sequence length | {config['max_seq_length']} |",
-        f"| masking | {config['mlm_probability']:.0%} of tokens (80% [MASK] / 10% random / 10% kept)"
-        f"{', whole words' if config['whole_word_masking'] else ''} |",
-        f"| processes / precision | {distributed['num_processes']} / {distributed['mixed_precision']} |",
-        f"| pooler | {pooler} |", "",
-        "## Held-out results (fixed evaluation masks)", "",
-        "| split | perplexity | MLM loss | NSP accuracy |", "|---|---|---|---|",
-    ]
-    for name, row in (("validation (last)", last), ("test", test)):
-        if row:
-            acc = row.get("nsp_accuracy")
-            lines.append(f"| {name} | {row['perplexity']:.3f} | {row['mlm_loss']:.4f} | "
-                         f"{'n/a' if acc is None else f'{acc:.4f}'} |")
-    lines += ["", "Perplexity = exp(summed masked-token NLL / number of masked tokens).", ""]
-    return "\n".join(lines)

@@ -8,9 +8,16 @@ work as for pretraining. Derived values are methods; parsed values are never mut
 from __future__ import annotations
 
 from dataclasses import dataclass
+from pathlib import Path
 
-from .args import ConfigError, _choice, _help, _positive
-from .squad_data import DOC_STRIDE_HELP, MAX_QUERY_LENGTH_HELP
+from .config import ConfigError, OptimizationArguments, RunArguments, _choice, _help, _positive
+
+DOC_STRIDE_HELP = ("Context tokens that two consecutive windows of a long context share (the Hugging Face "
+                   "tokenizer's `stride`: an OVERLAP, not the step between window starts of the original BERT "
+                   "run_squad.py). Must be smaller than max_seq_length - max_query_length - 3.")
+
+
+MAX_QUERY_LENGTH_HELP = "Questions longer than this many tokens are cut to their first max_query_length tokens."
 
 
 @dataclass
@@ -195,3 +202,94 @@ class QADataArguments(FinetuneDataArguments):
 
     def version(self) -> str:
         return "2.0" if self.version_2_with_negative else "1.1"
+
+
+@dataclass
+class PretrainingModelArguments:
+    """BertConfig sizes; the defaults are bert-base-uncased's (vocab_size comes from the tokenizer)."""
+
+    hidden_size: int = _help("Hidden size.", default=768)
+    num_hidden_layers: int = _help("Transformer layers.", default=12)
+    num_attention_heads: int = _help("Attention heads.", default=12)
+    intermediate_size: int = _help("Feed-forward size.", default=3072)
+    max_position_embeddings: int = _help("Position embeddings (>= max_seq_length).", default=512)
+    hidden_dropout_prob: float = _help("Dropout on hidden states.", default=0.1)
+    attention_probs_dropout_prob: float = _help("Dropout on attention probabilities.", default=0.1)
+    initializer_range: float = _help("Std of the truncated-normal initialisation.", default=0.02)
+    attn_implementation: str = _help("'sdpa' (fused scaled-dot-product attention) or 'eager'.", default="sdpa")
+    sparse_mlm_head: bool = _help("Run the MLM prediction head only at masked positions (same loss, less compute).",
+                                  default=True)
+    torch_compile: bool = _help("torch.compile the whole objective (encoder, heads and losses) as one graph.",
+                                default=False)
+
+    def __post_init__(self):
+        _choice("attn_implementation", self.attn_implementation, ("sdpa", "eager"))
+        if self.hidden_size % self.num_attention_heads:
+            raise ConfigError(f"hidden_size ({self.hidden_size}) must be divisible by num_attention_heads "
+                              f"({self.num_attention_heads})")
+
+
+@dataclass
+class PretrainingDataArguments:
+    dataset_name: str | None = _help("Hub dataset (used when no --train_file is given).", default="wikitext")
+    dataset_config_name: str | None = _help("Hub dataset configuration.", default="wikitext-2-raw-v1")
+    train_file: str | None = _help("Local training text (WikiText raw, or plain text with blank lines "
+                                      "between documents).", default=None)
+    validation_file: str | None = _help("Local validation text.", default=None)
+    test_file: str | None = _help("Local test text.", default=None)
+    validation_split_percentage: float = _help("Without a validation split, hold out this percentage of the "
+                                               "training documents (whole documents).", default=5.0)
+    document_boundary: str = _help("'auto', 'wikitext' (' = Title = ' headings start articles) or 'blank_line'.",
+                                   default="auto")
+    max_seq_length: int = _help("Tokens per instance, [CLS] and [SEP]s included.", default=128)
+    short_seq_prob: float = _help("Probability of a shorter target length (as in BERT's data creation).",
+                                  default=0.1)
+    nsp: bool = _help("Next sentence prediction; --no_nsp trains MLM only.", default=True)
+    mlm_probability: float = _help("Fraction of tokens chosen for prediction.", default=0.15)
+    whole_word_masking: bool = _help("Mask whole words (all WordPieces of a word together).", default=False)
+    tokenizer_name: str = _help("Tokenizer: a hub id or a local folder.", default="bert-base-uncased")
+    train_tokenizer: int | None = _help("Train an uncased WordPiece vocabulary of this size on the training "
+                                           "split instead of loading --tokenizer_name.", default=None)
+    preprocessing_num_workers: int | None = _help(
+        "Processes for building instances (datasets.map); none by default (worth it with many cores).", default=None)
+    overwrite_cache: bool = _help("Rebuild the cached preprocessing.", default=False)
+    max_train_samples: int | None = _help("Use only the first N training instances.", default=None)
+    max_eval_samples: int | None = _help("Use only the first N validation/test instances.", default=None)
+    eval_mask_seed: int = _help("Seed of the FIXED evaluation masks (same model -> same perplexity).", default=0)
+
+    def __post_init__(self):
+        _choice("document_boundary", self.document_boundary, ("auto", "wikitext", "blank_line"))
+        if self.train_file is None and self.dataset_name is None:
+            raise ConfigError("give --train_file (local text) or --dataset_name (hub dataset)")
+        if self.max_seq_length < 8:
+            raise ConfigError(f"max_seq_length must be at least 8, got {self.max_seq_length}")
+        if not 0.0 < self.mlm_probability < 1.0:
+            raise ConfigError(f"mlm_probability must be in (0, 1), got {self.mlm_probability}")
+        if not 0.0 <= self.short_seq_prob <= 1.0:
+            raise ConfigError(f"short_seq_prob must be in [0, 1], got {self.short_seq_prob}")
+        if not 0.0 <= self.validation_split_percentage < 100.0:
+            raise ConfigError("validation_split_percentage must be in [0, 100)")
+        if self.train_tokenizer is not None and self.train_tokenizer < 200:
+            raise ConfigError(f"train_tokenizer (vocabulary size) must be at least 200, got {self.train_tokenizer}")
+
+    def uses_local_files(self) -> bool:
+        return self.train_file is not None
+
+    def unused_options(self) -> list[str]:
+        unused = ["dataset_name", "dataset_config_name"] if self.uses_local_files() else []
+        return unused + (["tokenizer_name"] if self.train_tokenizer is not None else [])
+
+
+def known_dataclasses_for_preset(preset_path) -> tuple[type, ...]:
+    """The dataclasses a preset is meant for, from its file name (used to validate presets)."""
+    name = Path(preset_path).stem
+    if name.startswith(("sst", "classification")):
+        from .task_config import ClassificationDataArguments, FinetuneModelArguments
+        return (FinetuneModelArguments, ClassificationDataArguments, OptimizationArguments, RunArguments)
+    if name.startswith(("squad", "qa")):
+        from .task_config import FinetuneModelArguments, QADataArguments
+        return (FinetuneModelArguments, QADataArguments, OptimizationArguments, RunArguments)
+    return (PretrainingModelArguments, PretrainingDataArguments, OptimizationArguments, RunArguments)
+
+
+# Help text for the scripts' --doc_stride / --max_query_length flags, so that the meaning is written once.

@@ -1,0 +1,1 @@
+"""Data: reading corpora and task files, building instances and features, batching them."""
