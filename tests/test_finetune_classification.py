@@ -161,7 +161,7 @@ def test_resumed_runs_keep_the_first_runs_length_grouping():
     lengths = [random.Random(i).randint(3, 60) for i in range(200)]
     first, state = LengthGroupedSampler(lengths, 16, seed=1), TrainState()
     keep_length_grouping(DataLoader(range(200), batch_size=8, sampler=first), state)
-    assert state.extra["length_group_batch"] == 16
+    assert state.length_group_batch == 16
     resumed = LengthGroupedSampler(lengths, 6, seed=1)  # e.g. 3 processes x 2
     keep_length_grouping(DataLoader(range(200), batch_size=2, sampler=resumed), state)
     assert resumed.global_batch_size == 16 and list(resumed) == list(first)

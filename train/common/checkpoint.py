@@ -16,7 +16,7 @@ import json
 import os
 import shutil
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, fields
 from pathlib import Path
 from typing import Any
 
@@ -45,14 +45,22 @@ class TrainState:
     tokens_seen: int = 0           # global, non-padding
     world_size: int = 1            # processes and micro-batch size that batches_in_epoch counts in
     per_device_batch_size: int = 0
-    extra: dict = field(default_factory=dict)  # task-specific (best dev score, patience, ...)
+    pending_stats: list[float] | None = None  # the logging interval's sums not yet logged (reduced over ranks)
+    length_group_batch: int | None = None      # global batch the length-grouped sampler groups by (fine-tuning)
+    best_dev_accuracy: float | None = None     # early stopping (classification)
+    best_step: int | None = None
+    bad_epochs: int = 0
 
     def state_dict(self) -> dict[str, Any]:
         return asdict(self)
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
+        state = dict(state)
+        state.update(state.pop("extra", None) or {})  # checkpoints written before the fields were typed
+        known = {f.name for f in fields(self)}
         for key, value in state.items():
-            setattr(self, key, value)
+            if key in known:
+                setattr(self, key, value)
 
     def batches_to_skip(self, world_size: int, per_device_batch_size: int) -> int:
         """Micro-batches per process to skip in the resumed epoch, also on another process count:
@@ -223,3 +231,20 @@ def resume_from_checkpoint(accelerator, run_args, output_dir: Path, train_state,
         return train_state.step
     raise CheckpointError(f"none of the checkpoints {errors} in {output_dir / 'checkpoints'} could be loaded; "
                           "remove them or pass --overwrite_output_dir to start again")
+
+
+def registered_train_state(accelerator, per_device_batch_size: int, lr_scheduler=None) -> TrainState:
+    """A fresh TrainState, registered (with the schedule, when training) so that save_state/load_state carry it."""
+    train_state = TrainState(world_size=accelerator.num_processes, per_device_batch_size=per_device_batch_size)
+    accelerator.register_for_checkpointing(*[x for x in (lr_scheduler, train_state) if x is not None])
+    return train_state
+
+
+def resume_run(accelerator, run_args, output_dir: Path, train_state: TrainState, model_signature: dict,
+               per_device_batch_size: int) -> tuple[int | None, int]:
+    """(step resumed from or None, micro-batches per process to skip in the resumed epoch). The state then counts
+    in this launch's processes and batch size."""
+    resume_step = resume_from_checkpoint(accelerator, run_args, output_dir, train_state, model_signature)
+    skip_batches = train_state.batches_to_skip(accelerator.num_processes, per_device_batch_size)
+    train_state.world_size, train_state.per_device_batch_size = accelerator.num_processes, per_device_batch_size
+    return resume_step, skip_batches

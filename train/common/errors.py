@@ -15,7 +15,7 @@ from pathlib import Path
 def _expected() -> tuple[type[BaseException], ...]:
     from .checkpoint import CheckpointError
     from .config import ConfigError
-    from .data.loaders import FinetuneDataError
+    from .data.loaders import TrainingDataError
     from .data.pretraining import DataError
     from .data.squad import SquadFormatError
     from .data.sst import LeakageError, SSTFormatError
@@ -25,7 +25,7 @@ def _expected() -> tuple[type[BaseException], ...]:
     from .run_folder import HubUploadError, RunFolderError
     from .tokenizer import TokenizerError
     return (ConfigError, CheckpointError, LaunchError, DataError, RunFolderError, HubUploadError, TokenizerError,
-            SSTFormatError, LeakageError, SquadFormatError, FinetuneModelError, FinetuneDataError,
+            SSTFormatError, LeakageError, SquadFormatError, FinetuneModelError, TrainingDataError,
             HubUnreachableError)
 
 

@@ -49,6 +49,13 @@ def hub_reachable(timeout: float = 4.0) -> bool:
     return _reachable
 
 
+def finetune_hub_resources(model_args, data_args, *_) -> list[tuple[str | None, str]]:
+    """What a fine-tuning run may fetch from the Hub: the model, its tokenizer, the dataset unless local files
+    replace it."""
+    return [(model_args.model_name_or_path, "model"), (model_args.tokenizer_name, "model"),
+            (None if data_args.unused_options() else data_args.dataset_name, "dataset")]
+
+
 def hub_names(resources: Iterable[tuple[str | None, str]]) -> list[tuple[str, str]]:
     """The (name, kind) pairs that would be fetched from the Hub: not None and not a local path."""
     return [(name, kind) for name, kind in resources if name and looks_like_hub_id(name)]

@@ -26,7 +26,7 @@ from torch import nn
 from transformers import BertConfig, BertForPreTraining
 
 from .config import ConfigError
-from .data.loaders import FinetuneDataError
+from .data.loaders import TrainingDataError
 from .data.masking import IGNORE_INDEX
 from .tokenizer import load_tokenizer
 
@@ -196,7 +196,7 @@ def from_hub(load: Callable, name: str, *args, local_hint: str):
         raise
     except Exception as err:  # the user's next step is the same whatever the cause
         cause = " ".join(str(err).split())[:200]
-        raise FinetuneDataError(f"could not load the hub dataset {name!r} ({type(err).__name__}: {cause}). "
+        raise TrainingDataError(f"could not load the hub dataset {name!r} ({type(err).__name__}: {cause}). "
                                 f"Offline? {local_hint}") from None
 
 

@@ -169,7 +169,9 @@ def keep_length_grouping(train_dataloader, train_state) -> None:
     batch_sampler = train_dataloader.batch_sampler
     sampler = getattr(getattr(batch_sampler, "batch_sampler", batch_sampler), "sampler", None)
     if isinstance(sampler, LengthGroupedSampler):
-        sampler.global_batch_size = train_state.extra.setdefault("length_group_batch", sampler.global_batch_size)
+        if train_state.length_group_batch is None:
+            train_state.length_group_batch = sampler.global_batch_size
+        sampler.global_batch_size = train_state.length_group_batch
 
 
 def build_train_dataloader(features: Sequence[dict], collator, opt_args, run_args, data_args,
@@ -194,5 +196,5 @@ def build_eval_dataloader(features: Sequence[dict], collator, batch_size: int,
                       pin_memory=torch.cuda.is_available())
 
 
-class FinetuneDataError(ValueError):
+class TrainingDataError(ValueError):
     """Data that cannot be trained or evaluated on as given; the message names the source and the fix."""
