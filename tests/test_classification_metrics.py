@@ -1,4 +1,5 @@
-"""analysis.classification: hand-checked metrics, label handling, majority baseline, CLI."""
+"""metrics.classification and its CLI analysis.classification: hand-checked metrics, label handling, majority
+baseline, CLI."""
 
 from __future__ import annotations
 
@@ -10,7 +11,7 @@ import numpy as np
 import pytest
 
 from analysis import classification as cm
-from analysis.classification import classification_metrics, majority_baseline
+from metrics.classification import classification_metrics, majority_baseline
 
 FIXTURES = Path(__file__).parent / "fixtures" / "metrics"
 

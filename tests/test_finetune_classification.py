@@ -198,7 +198,7 @@ def smoke_run(tiny_bert, sst_trees, tmp_path_factory):
 
 @pytest.mark.slow
 def test_run_folder_contract(smoke_run, sst_trees):
-    from analysis.classification import classification_metrics
+    from metrics.classification import classification_metrics
     from train.common.sst_data import load_sst_ptb_trees
     splits = load_sst_ptb_trees(str(sst_trees))
     config = yaml.safe_load((smoke_run / "config.yaml").read_text())

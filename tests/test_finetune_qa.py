@@ -77,7 +77,7 @@ def smoke_run(tiny_bert, tmp_path_factory):
 
 
 def test_run_folder_contract(smoke_run):
-    from analysis.squad import score_questions
+    from metrics.squad import score_questions
     config = yaml.safe_load((smoke_run / "config.yaml").read_text())
     assert config["task"] == "qa" and config["world_size"] == 1 and config["config"]["doc_stride"] == 16
     sizes = config["dataset_sizes"]

@@ -54,7 +54,7 @@ import torch
 from accelerate.logging import get_logger
 from transformers import AutoModelForSequenceClassification
 
-from analysis.classification import classification_metrics, majority_baseline
+from metrics.classification import classification_metrics, majority_baseline
 from train.common.batching import accumulation_windows, step_seed
 from train.common.checkpointing import TrainState, checkpoint_name, load_checkpoint, save_checkpoint
 from train.common.console import RunClock, StepProgress, fmt, print_summary, show_bars

@@ -53,8 +53,8 @@ import torch
 from accelerate.logging import get_logger
 from transformers import AutoModelForQuestionAnswering
 
-import analysis.squad as squad_eval
-from analysis.text_metrics import WordNetMissingError, text_metrics
+import metrics.squad as squad_eval
+from metrics.text import WordNetMissingError, text_metrics
 from train.common.batching import accumulation_windows, step_seed
 from train.common.checkpointing import TrainState, save_checkpoint
 from train.common.console import RunClock, StepProgress, fmt, print_summary, show_bars

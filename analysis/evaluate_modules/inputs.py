@@ -1,4 +1,4 @@
-"""Convert evaluate's hub-style SQuAD inputs into what ``analysis.squad.evaluate_squad`` takes.
+"""Convert evaluate's hub-style SQuAD inputs into what ``metrics.squad.evaluate_squad`` takes.
 
 evaluate hands ``_compute`` one dict per example, shaped as the hub's squad / squad_v2 metrics:
 predictions ``{"id", "prediction_text"[, "no_answer_probability"]}`` and references

@@ -2,7 +2,7 @@
 
 * Model loading (`load_model_for_task`): any BERT checkpoint, hub id or local folder (a pretraining run's final/
   too), with the task head set up from the seed, and errors that say what to pass instead. The load report
-  (newly initialised / dropped tensors) and `parameter_block` (analysis.params.parameter_summary of the
+  (newly initialised / dropped tensors) and `parameter_block` (metrics.params.parameter_summary of the
   checkpoint before vs the fine-tuned model after) go into eval_results.json.
 * Batching for throughput: `PaddingCollator` pads each batch to its longest sequence (rounded up to a multiple
   of 8); `LengthGroupedSampler` makes training batches of similar length, deterministically per seed and epoch;
@@ -152,8 +152,8 @@ def require_trained_head(report: dict, head_prefix: str) -> None:
 
 
 def parameter_block(before_source: str, after, trust_remote_code: bool = False) -> dict:
-    """analysis.params.parameter_summary(checkpoint before, fine-tuned model after) for eval_results.json."""
-    from analysis.params import ParamsError, parameter_summary
+    """metrics.params.parameter_summary(checkpoint before, fine-tuned model after) for eval_results.json."""
+    from metrics.params import ParamsError, parameter_summary
 
     try:
         return parameter_summary(before_source, after)
@@ -519,7 +519,8 @@ def rounded_epoch(epoch: int, batches_in_epoch: int, batches_per_epoch: int) -> 
 
 def squad_gold_from_examples(examples: Sequence[dict], version: str) -> dict:
     """Official SQuAD JSON ({"version", "data": articles -> paragraphs -> qas}) of loaded examples, for
-    analysis.squad when the evaluation set is not a file as it stands (hub data, a capped set)."""
+    metrics.squad and `python -m analysis.squad` when the evaluation set is not a file as it stands (hub data, a
+    capped set)."""
     articles: dict[str, dict[str, list]] = {}
     for ex in examples:
         paragraphs = articles.setdefault(ex["title"], {})

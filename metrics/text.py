@@ -1,6 +1,6 @@
 """Auxiliary text-overlap metrics (BLEU, ROUGE, METEOR) for predicted vs gold answers.
 
-AUXILIARY for extractive QA: SQuAD answers are short spans scored by EM/F1 (analysis.squad); these
+AUXILIARY for extractive QA: SQuAD answers are short spans scored by EM/F1 (metrics.squad); these
 n-gram metrics are reported next to them for comparison with generation-style reports, never instead.
 
 Choices (all offline; no nltk data except WordNet 3.0 for METEOR):
