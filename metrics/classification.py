@@ -116,7 +116,7 @@ def classification_metrics(y_true: Sequence, y_pred: Sequence, num_classes: int 
         "weighted_f1": float((f1 * weights).sum()),
         "per_class": {
             name: {"precision": float(p), "recall": float(r), "f1": float(f), "support": int(s)}
-            for name, p, r, f, s in zip(names, precision, recall, f1, support)
+            for name, p, r, f, s in zip(names, precision, recall, f1, support, strict=True)
         },
         "confusion_matrix": matrix.tolist(),
         "labels": labels,

@@ -624,8 +624,8 @@ def diff_parameters(state_a, state_b) -> dict:
                        for g in sorted(by_layer, key=_group_sort_key)]
     out["by_module_type"] = [{"group": g, **by_type[g].stats()}
                              for g in sorted(by_type, key=_group_sort_key)]
-    out["by_layer_module"] = [{"layer": l, "module_type": m, **by_both[(l, m)].stats()}
-                              for l, m in sorted(by_both, key=lambda lm: (_group_sort_key(lm[0]),
-                                                                          _group_sort_key(lm[1])))]
+    out["by_layer_module"] = [{"layer": layer, "module_type": mtype, **by_both[(layer, mtype)].stats()}
+                              for layer, mtype in sorted(by_both, key=lambda lm: (_group_sort_key(lm[0]),
+                                                                                  _group_sort_key(lm[1])))]
     out["overall"] = overall.stats()
     return out

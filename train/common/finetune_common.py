@@ -387,7 +387,7 @@ class IntervalStats:
         self.sums += torch.tensor(values, device=self.sums.device, dtype=self.sums.dtype)
 
     def record(self, accelerator, seconds: float) -> dict:
-        values = dict(zip(self.NAMES, accelerator.reduce(self.sums, reduction="sum").tolist()))
+        values = dict(zip(self.NAMES, accelerator.reduce(self.sums, reduction="sum").tolist(), strict=True))
         self.sums.zero_()
         return {"loss": values["loss_sum"] / max(values["loss_weight"], 1e-12),
                 "samples_per_second": values["samples"] / seconds, "tokens_per_second": values["tokens"] / seconds,
@@ -527,7 +527,7 @@ def squad_gold_from_examples(examples: Sequence[dict], version: str) -> dict:
         paragraphs.setdefault(ex["context"], []).append({
             "id": ex["id"], "question": ex["question"], "is_impossible": ex["is_impossible"],
             "answers": [{"text": t, "answer_start": s}
-                        for t, s in zip(ex["answers"]["text"], ex["answers"]["answer_start"])]})
+                        for t, s in zip(ex["answers"]["text"], ex["answers"]["answer_start"], strict=True)]})
     return {"version": "v2.0" if version == "2.0" else "1.1",
             "data": [{"title": title, "paragraphs": [{"context": c, "qas": qas} for c, qas in paragraphs.items()]}
                      for title, paragraphs in articles.items()]}
