@@ -212,7 +212,7 @@ def read_tensorboard(folder) -> dict[str, list[tuple[int, float]]]:
 
 
 def load_params_diff(path) -> dict:
-    """A diff from analysis.params: the CLI's --json output (has "diff") or a bare diff."""
+    """A diff from metrics.params.diff_parameters: the CLI's --json output (has "diff") or a bare diff."""
     path = Path(path)
     if not path.is_file():
         raise ReportError(f"params diff not found: {path}")
@@ -689,7 +689,7 @@ def _run_details(run: Run) -> list[str]:
 
 
 def _diff_section(diff: dict, label: str, out_dir: Path, plot_dir: Path) -> list[str]:
-    from analysis.params import ENCODER_MODULE_TYPES  # imports torch: only when diffs are shown
+    from metrics.params import ENCODER_MODULE_TYPES  # imports torch: only when diffs are shown
 
     a, b = _dict(diff.get("a")), _dict(diff.get("b"))
     lines = [f"### {label}", "",

@@ -1,4 +1,5 @@
-"""analysis.classification: hand-checked metrics, label handling, majority baseline, CLI."""
+"""metrics.classification and its CLI analysis.classification: hand-checked metrics, label handling, majority
+baseline, CLI."""
 
 from __future__ import annotations
 
@@ -10,7 +11,7 @@ import numpy as np
 import pytest
 
 from analysis import classification as cm
-from analysis.classification import classification_metrics, majority_baseline
+from metrics.classification import classification_metrics, majority_baseline
 
 FIXTURES = Path(__file__).parent / "fixtures" / "metrics"
 
@@ -131,7 +132,7 @@ def write_split_predictions(path: Path, rows: dict[str, tuple[list, list]]) -> P
     """Rows as train/finetune_classification.py writes predictions.jsonl."""
     with path.open("w") as f:
         for split, (y_true, y_pred) in rows.items():
-            for i, (label, prediction) in enumerate(zip(y_true, y_pred)):
+            for i, (label, prediction) in enumerate(zip(y_true, y_pred, strict=True)):
                 probabilities = [0.9 if c == prediction else 0.025 for c in range(5)]
                 f.write(json.dumps({"split": split, "index": i, "text": f"sentence {i}", "label": label,
                                     "prediction": prediction, "probabilities": probabilities}) + "\n")

@@ -1,6 +1,6 @@
 """analysis/evaluate_modules: the evaluate modules load offline from the repository and give the CLI's numbers.
 
-Every comparison is exact (==): a module is a thin wrapper, so any drift from the plain functions in analysis/
+Every comparison is exact (==): a module is a thin wrapper, so any drift from the plain functions in metrics/
 or from the CLI fails here.
 """
 
@@ -16,7 +16,8 @@ from pathlib import Path
 import evaluate
 import pytest
 
-from analysis import classification, squad, text_metrics
+from metrics import classification, squad
+from metrics import text as text_metrics
 
 REPO = Path(__file__).resolve().parents[1]
 MODULES = REPO / "analysis" / "evaluate_modules"
@@ -285,11 +286,11 @@ def test_the_repository_locator_is_the_same_in_every_script():
     assert len({block(name) for name in NAMES}) == 1
 
 
-_LOAD_ALL = """
+_LOAD_ALL = f"NAMES = {NAMES!r}\n" + """
 import json, sys, evaluate
 root = sys.argv[1]
 results = {}
-for name in %r:
+for name in NAMES:
     results[name] = evaluate.load(f"{root}/analysis/evaluate_modules/{name}").name
 preds = [{"id": "q", "prediction_text": "the Broncos"}]
 refs = [{"id": "q", "answers": {"text": ["Denver Broncos"], "answer_start": [0]}}]
@@ -298,7 +299,7 @@ results["f1"] = squad.compute(predictions=preds, references=refs)["f1"]
 import analysis
 results["analysis"] = analysis.__file__
 print(json.dumps(results))
-""" % (NAMES,)
+"""
 
 
 @pytest.mark.slow
@@ -309,7 +310,8 @@ def test_modules_find_their_own_checkout_from_another_directory(tmp_path):
     path is the first loader's) must still get its own analysis package, and so must the repository after it.
     """
     other = tmp_path / "other-checkout"
-    shutil.copytree(REPO / "analysis", other / "analysis", ignore=shutil.ignore_patterns("__pycache__"))
+    for package in ("analysis", "metrics"):
+        shutil.copytree(REPO / package, other / package, ignore=shutil.ignore_patterns("__pycache__"))
     env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}
     env.update(HF_HUB_OFFLINE="1", HF_DATASETS_OFFLINE="1", HF_MODULES_CACHE=str(tmp_path / "modules"),
                HF_METRICS_CACHE=str(tmp_path / "metrics"))

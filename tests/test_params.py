@@ -1,4 +1,5 @@
-"""analysis.params: parameter counts (bert-base shapes from BertConfig defaults) and diffs."""
+"""metrics.params (and its CLI analysis.params): parameter counts (bert-base shapes from BertConfig defaults) and
+diffs."""
 
 import csv
 import json
@@ -18,7 +19,8 @@ from transformers import (
     BertModel,
 )
 
-from analysis.params import (
+from analysis.params import main
+from metrics.params import (
     ParamsError,
     align_name,
     count_parameters,
@@ -26,7 +28,6 @@ from analysis.params import (
     head_changes,
     layer_of,
     load_params,
-    main,
     module_type_of,
     parameter_summary,
 )

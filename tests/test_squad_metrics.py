@@ -1,4 +1,4 @@
-"""analysis.squad: hand-checked cases, loaders, CLI, and agreement with a reference oracle.
+"""metrics.squad and its CLI analysis.squad: hand-checked cases, loaders, CLI, and agreement with a reference oracle.
 
 The oracle below re-implements the logic of the official SQuAD evaluation scripts (evaluate-v1.1.py
 and evaluate-v2.0.py) step by step, in the same order of operations, so the comparison on randomized
@@ -18,7 +18,8 @@ from pathlib import Path
 import pytest
 
 from analysis import squad
-from analysis.squad import (
+from metrics import squad as squad_metrics
+from metrics.squad import (
     SquadFormatError,
     SquadMetricBug,
     evaluate_squad,
@@ -441,10 +442,10 @@ def test_v2_na_probs_must_cover_predicted_questions():
 def test_version_detection_and_v1_rejects_unanswerable():
     v1 = json.loads((FIXTURES / "squad_v1_tiny.json").read_text())
     v2 = json.loads((FIXTURES / "squad_v2_tiny.json").read_text())
-    assert squad.detect_version(v1) == 1 and squad.detect_version(v2) == 2
+    assert squad_metrics.detect_version(v1) == 1 and squad_metrics.detect_version(v2) == 2
     no_version = {"data": v2["data"]}
-    assert squad.detect_version(no_version) == 2
-    assert squad.detect_version(v1["data"]) == 1
+    assert squad_metrics.detect_version(no_version) == 2
+    assert squad_metrics.detect_version(v1["data"]) == 1
     with pytest.raises(SquadFormatError, match="no answers"):
         evaluate_squad(v2, {}, version="1.1")
     with pytest.raises(SquadFormatError, match="only apply to SQuAD v2.0"):
@@ -452,7 +453,7 @@ def test_version_detection_and_v1_rejects_unanswerable():
 
 
 def test_em_gt_f1_raises_bug(monkeypatch):
-    monkeypatch.setattr(squad, "_token_f1", lambda pred, gold, v2: 0.0)
+    monkeypatch.setattr(squad_metrics, "_token_f1", lambda pred, gold, v2: 0.0)
     with pytest.raises(SquadMetricBug, match="BUG"):
         evaluate_v1(_v1_articles([("q1", ["Broncos"])]), {"q1": "broncos"})
     with pytest.raises(SquadMetricBug, match="bug in the evaluation code"):
@@ -478,7 +479,7 @@ def test_key_sets_are_documented():
 def test_loaders_name_file_and_record(tmp_path):
     where = r"squad_bad_structure\.json: data\[0\]\.paragraphs\[0\]\.qas\[1\]: missing or non-string 'id'"
     with pytest.raises(SquadFormatError, match=where):
-        squad.load_squad_json(str(FIXTURES / "squad_bad_structure.json"))
+        squad_metrics.load_squad_json(str(FIXTURES / "squad_bad_structure.json"))
     with pytest.raises(SquadFormatError, match=r"squad_bad_predictions\.json: invalid JSON at line 2"):
         squad.load_predictions(str(FIXTURES / "squad_bad_predictions.json"))
     bad_value = tmp_path / "preds.json"
@@ -490,15 +491,15 @@ def test_loaders_name_file_and_record(tmp_path):
     with pytest.raises(SquadFormatError, match="expected a JSON object mapping question id"):
         squad.load_predictions(str(listed))
     with pytest.raises(SquadFormatError, match="no such file"):
-        squad.load_squad_json(str(tmp_path / "absent.json"))
+        squad_metrics.load_squad_json(str(tmp_path / "absent.json"))
     no_data = tmp_path / "nodata.json"
     no_data.write_text("{\"version\": \"1.1\"}")
     with pytest.raises(SquadFormatError, match="'data' list"):
-        squad.load_squad_json(str(no_data))
+        squad_metrics.load_squad_json(str(no_data))
     dup = tmp_path / "dup.json"
     dup.write_text(json.dumps({"data": _v1_articles([("q", ["a"]), ("q", ["b"])])}))
     with pytest.raises(SquadFormatError, match="duplicate question id 'q'"):
-        squad.load_squad_json(str(dup))
+        squad_metrics.load_squad_json(str(dup))
     probs = tmp_path / "na.json"
     probs.write_text('{"q": 0.5, "r": true}')
     with pytest.raises(SquadFormatError, match=r"na\.json: id 'r'"):
@@ -550,7 +551,7 @@ def test_cli_errors_and_help(capsys):
 
 def test_cli_aux_adds_labelled_auxiliary_metrics(capsys):
     pytest.importorskip("sacrebleu")
-    from analysis import text_metrics
+    from metrics import text as text_metrics
 
     try:
         text_metrics._wordnet()
@@ -572,7 +573,7 @@ def test_cli_aux_adds_labelled_auxiliary_metrics(capsys):
 
 
 def test_dev_v11_first_gold_gives_100_and_is_fast():
-    dataset = squad.load_squad_json(str(_need(DEV_V11)))
+    dataset = squad_metrics.load_squad_json(str(_need(DEV_V11)))
     preds = {qa["id"]: qa["answers"][0]["text"]
              for a in dataset["data"] for p in a["paragraphs"] for qa in p["qas"]}
     start = time.perf_counter()
@@ -634,4 +635,4 @@ def test_per_question_scores_average_to_totals():
     assert result["exact"] == pytest.approx(100 * sum(r["exact"] for r in rows) / len(rows))
     assert result["f1"] == pytest.approx(100 * sum(r["f1"] for r in rows) / len(rows))
     assert all(r["exact"] <= r["f1"] for r in rows)
-    assert squad.score_questions(dataset, preds) == rows
+    assert squad_metrics.score_questions(dataset, preds) == rows

@@ -1,4 +1,4 @@
-"""analysis.text_metrics (auxiliary BLEU/ROUGE/METEOR) and analysis.wordnet_setup (offline WordNet).
+"""metrics.text (auxiliary BLEU/ROUGE/METEOR) and analysis.wordnet_setup (offline WordNet).
 
 METEOR needs WordNet 3.0; set-up installs it with ``python -m analysis.wordnet_setup``. The METEOR tests
 skip (with that instruction) only where it is not installed.
@@ -17,11 +17,11 @@ from pathlib import Path
 
 import pytest
 
-from analysis import text_metrics as tm
 from analysis import wordnet_setup as ws
+from metrics import text as tm
 
 # Golden inputs. Expected numbers were computed by calling the libraries directly (not through
-# analysis.text_metrics): sacrebleu.metrics.BLEU(lowercase=True, tokenize="13a", smooth_method="exp",
+# metrics.text): sacrebleu.metrics.BLEU(lowercase=True, tokenize="13a", smooth_method="exp",
 # effective_order=True, force=True).corpus_score(HYPS, [REFS]).score; rouge_score.RougeScorer(types,
 # use_stemmer=False).score(ref, hyp).fmeasure averaged (its default tokenizer splits this ASCII text exactly
 # like ours); nltk meteor_score([re.findall(r"\w+", ref.lower())], re.findall(r"\w+", hyp.lower())) averaged.
@@ -133,7 +133,7 @@ def test_missing_wordnet_gives_setup_instruction(tmp_path):
     code = (
         "import nltk, sys\n"
         f"nltk.data.path[:] = [{str(tmp_path)!r}]\n"
-        "from analysis import text_metrics as tm\n"
+        "from metrics import text as tm\n"
         "try:\n"
         "    tm.text_metrics(['a'], ['a'])\n"
         "except tm.WordNetMissingError as exc:\n"

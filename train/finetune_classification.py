@@ -50,7 +50,7 @@ import torch
 from accelerate.logging import get_logger
 from transformers import AutoModelForSequenceClassification
 
-from analysis.classification import classification_metrics, majority_baseline
+from metrics.classification import classification_metrics, majority_baseline
 from train.common.checkpoint import checkpoint_name, load_checkpoint
 from train.common.console import RunClock, StepProgress, fmt, print_summary, show_bars
 from train.common.data.loaders import PaddingCollator, build_eval_dataloader, model_inputs

@@ -12,7 +12,7 @@ Sources: official SQuAD JSON files (--train_file/--validation_file, read by trai
 fixes or drops answers that are not at answer_start and reports it) or the hub's squad / squad_v2. Long contexts
 are cut into windows of --max_seq_length tokens sharing --doc_stride tokens; post-processing picks the best span
 over all windows of a question (n-best, --max_answer_length, context tokens only; v2.0: '' when the null score
-beats the best span by more than --null_score_diff_threshold). Scores come from analysis.squad.evaluate_squad
+beats the best span by more than --null_score_diff_threshold). Scores come from metrics.squad.evaluate_squad
 (official normalisation, max over gold answers, EM <= F1), exactly what
 `python -m analysis.squad --data DATA --predictions OUTPUT_DIR/predictions.json` prints (DATA = the validation
 file, or OUTPUT_DIR/eval_data.json when the evaluation set was derived: --train_articles, hub, --max_eval_samples;
@@ -49,8 +49,8 @@ import torch
 from accelerate.logging import get_logger
 from transformers import AutoModelForQuestionAnswering
 
-import analysis.squad as squad_eval
-from analysis.text_metrics import WordNetMissingError, text_metrics
+import metrics.squad as squad_eval
+from metrics.text import WordNetMissingError, text_metrics
 from train.common.console import RunClock, StepProgress, fmt, print_summary, show_bars
 from train.common.data.loaders import PaddingCollator, TrainingDataError, build_eval_dataloader, model_inputs
 from train.common.data.squad import (

@@ -1,4 +1,4 @@
-"""Convert evaluate's hub-style SQuAD inputs into what ``analysis.squad.evaluate_squad`` takes.
+"""Convert evaluate's hub-style SQuAD inputs into what ``metrics.squad.evaluate_squad`` takes.
 
 evaluate hands ``_compute`` one dict per example, shaped as the hub's squad / squad_v2 metrics:
 predictions ``{"id", "prediction_text"[, "no_answer_probability"]}`` and references
@@ -16,8 +16,8 @@ def squad_articles(references: Sequence[dict]) -> list[dict]:
     qas = []
     for ref in references:
         answers = ref["answers"]
-        qas.append({"id": ref["id"], "answers": [{"text": text, "answer_start": start}
-                                                  for text, start in zip(answers["text"], answers["answer_start"])]})
+        pairs = zip(answers["text"], answers["answer_start"], strict=True)
+        qas.append({"id": ref["id"], "answers": [{"text": text, "answer_start": start} for text, start in pairs]})
     # evaluate_squad checks the questions itself (duplicate ids, answers without text), with its messages.
     return [{"title": "evaluate references", "paragraphs": [{"context": "", "qas": qas}]}]
 

@@ -210,8 +210,8 @@ def require_trained_head(report: dict, head_prefix: str) -> None:
 
 
 def parameter_block(before_source: str, after, trust_remote_code: bool = False) -> dict:
-    """analysis.params.parameter_summary(checkpoint before, fine-tuned model after) for eval_results.json."""
-    from analysis.params import ParamsError, parameter_summary
+    """metrics.params.parameter_summary(checkpoint before, fine-tuned model after) for eval_results.json."""
+    from metrics.params import ParamsError, parameter_summary
 
     try:
         return parameter_summary(before_source, after)

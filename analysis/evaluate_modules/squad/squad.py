@@ -1,4 +1,4 @@
-"""SQuAD v1.1 exact match and F1 as an ``evaluate`` module: a thin wrapper over ``analysis.squad``.
+"""SQuAD v1.1 exact match and F1 as an ``evaluate`` module: a thin wrapper over ``metrics.squad``.
 
 Inputs are shaped as the hub's ``squad`` metric, so the two can be swapped; the numbers are those of
 ``python -m analysis.squad`` (the official v1.1 script's, bit for bit).
@@ -15,16 +15,19 @@ import evaluate
 
 # ---- repository locator: the same block in every script under analysis/evaluate_modules (a test checks) ----
 def _import_from_repository(*modules):
-    """Import ``analysis.<module>`` for each name from the checkout this script was loaded from.
+    """Import each module (a dotted name: ``metrics.squad``, ``analysis.evaluate_modules.inputs``) from the
+    checkout this script was loaded from.
 
     evaluate.load() runs a copy of this file from its modules cache (HF_MODULES_CACHE), so neither __file__ nor
     the current directory says where the repository is. The original's path is, most trusted first: the path
     given to evaluate.load() (read from the loader's frame; right even when several checkouts hold identical
     copies, which evaluate caches as one), the "original file path" evaluate records next to its copy, and
     __file__ when the script is imported in place. A candidate counts only if it is a byte-identical copy of
-    this file at <root>/analysis/evaluate_modules/<name>/<name>.py.
+    this file at <root>/analysis/evaluate_modules/<name>/<name>.py and <root> holds the packages of the modules
+    (metrics/, analysis/).
     """
     here = Path(__file__)
+    packages = sorted({name.split(".")[0] for name in modules})
     candidates = []
     frame = sys._getframe(1)
     while frame is not None:
@@ -40,18 +43,19 @@ def _import_from_repository(*modules):
         if len(script.parents) < 4 or not script.is_file() or script.read_bytes() != here.read_bytes():
             continue
         root = script.parents[3]
-        if not (root / "analysis" / "__init__.py").is_file():
+        if not all((root / package / "__init__.py").is_file() for package in packages):
             continue
         if str(root) not in sys.path:
             sys.path.insert(0, str(root))
-        package = importlib.import_module("analysis")
-        # Python imports a package once per process: an analysis package from another checkout would win.
-        if Path(package.__file__).resolve().parents[1] != root:
-            raise ImportError(f"the analysis package is already imported from {package.__file__}, but this metric "
-                              f"belongs to the repository at {root}; use one checkout per process")
-        return [importlib.import_module(f"analysis.{name}") for name in modules]
+        for package in packages:
+            imported = importlib.import_module(package)
+            # Python imports a package once per process: a package from another checkout would win.
+            if Path(imported.__file__).resolve().parents[1] != root:
+                raise ImportError(f"the {package} package is already imported from {imported.__file__}, but this "
+                                  f"metric belongs to the repository at {root}; use one checkout per process")
+        return [importlib.import_module(name) for name in modules]
     try:  # the script was copied out of the repository: accept the repository on sys.path (PYTHONPATH)
-        return [importlib.import_module(f"analysis.{name}") for name in modules]
+        return [importlib.import_module(name) for name in modules]
     except ImportError as exc:
         raise ImportError(f"cannot find the repository of {here.name}: load it from its folder in the repository, "
                           "evaluate.load('<repo>/analysis/evaluate_modules/<name>'), or put <repo> on PYTHONPATH"
@@ -59,9 +63,9 @@ def _import_from_repository(*modules):
 # ---- end of repository locator ----
 
 
-_squad, _inputs = _import_from_repository("squad", "evaluate_modules.inputs")
+_squad, _inputs = _import_from_repository("metrics.squad", "analysis.evaluate_modules.inputs")
 
-_DESCRIPTION = """SQuAD v1.1 exact match and F1 (0..100), computed by analysis.squad.evaluate_squad with the official
+_DESCRIPTION = """SQuAD v1.1 exact match and F1 (0..100), computed by metrics.squad.evaluate_squad with the official
 v1.1 rules: the numbers of `python -m analysis.squad`. Predictions and references are paired by question id."""
 
 _KWARGS_DESCRIPTION = """

@@ -557,7 +557,7 @@ def postprocess_qa_predictions(examples, features, start_logits, end_logits, n_b
 
 def squad_gold_from_examples(examples: Sequence[dict], version: str) -> dict:
     """Official SQuAD JSON ({"version", "data": articles -> paragraphs -> qas}) of loaded examples, for
-    analysis.squad when the evaluation set is not a file as it stands (hub data, a capped set)."""
+    metrics.squad when the evaluation set is not a file as it stands (hub data, a capped set)."""
     articles: dict[str, dict[str, list]] = {}
     for ex in examples:
         paragraphs = articles.setdefault(ex["title"], {})

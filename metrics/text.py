@@ -1,6 +1,6 @@
 """Auxiliary text-overlap metrics (BLEU, ROUGE, METEOR) for predicted vs gold answers.
 
-AUXILIARY for extractive QA: SQuAD answers are short spans scored by EM/F1 (analysis.squad); these
+AUXILIARY for extractive QA: SQuAD answers are short spans scored by EM/F1 (metrics.squad); these
 n-gram metrics are reported next to them for comparison with generation-style reports, never instead.
 
 Choices (all offline; no nltk data except WordNet 3.0 for METEOR):
@@ -66,7 +66,7 @@ def _as_reference_lists(predictions: Sequence[str], references: Sequence) -> lis
     if not predictions:
         raise ValueError("text_metrics needs at least one example")
     refs = []
-    for i, (pred, ref) in enumerate(zip(predictions, references)):
+    for i, (pred, ref) in enumerate(zip(predictions, references, strict=True)):
         if not isinstance(pred, str):
             raise TypeError(f"prediction {i} is {type(pred).__name__}, expected str")
         group = [ref] if isinstance(ref, str) else list(ref)
@@ -78,7 +78,7 @@ def _as_reference_lists(predictions: Sequence[str], references: Sequence) -> lis
 
 def corpus_bleu(predictions: Sequence[str], references: list[list[str]]) -> tuple[float, str]:
     """sacrebleu corpus BLEU (0..100) and its signature, with the settings in the module docstring."""
-    from sacrebleu.metrics import BLEU  # noqa: PLC0415
+    from sacrebleu.metrics import BLEU
 
     # force=True: answers ending in " ." are not a sign of pre-tokenised MT output here.
     bleu = BLEU(lowercase=True, tokenize="13a", smooth_method="exp", effective_order=True, force=True)
@@ -90,12 +90,12 @@ def corpus_bleu(predictions: Sequence[str], references: list[list[str]]) -> tupl
 
 def rouge_scores(predictions: Sequence[str], references: list[list[str]]) -> dict[str, float]:
     """Mean rouge-score F-measures (0..1); best reference per example."""
-    from rouge_score import rouge_scorer  # noqa: PLC0415
+    from rouge_score import rouge_scorer
 
     types = ["rouge1", "rouge2", "rougeL", "rougeLsum"]
     scorer = rouge_scorer.RougeScorer(types, use_stemmer=False, tokenizer=_RougeTokenizer())
     sums = dict.fromkeys(types, 0.0)
-    for pred, group in zip(predictions, references):
+    for pred, group in zip(predictions, references, strict=True):
         scores = scorer.score_multi(["\n".join(split_sentences(r)) for r in group], "\n".join(split_sentences(pred)))
         for t in types:
             sums[t] += scores[t].fmeasure
@@ -103,8 +103,8 @@ def rouge_scores(predictions: Sequence[str], references: list[list[str]]) -> dic
 
 
 def _wordnet():
-    import nltk  # noqa: PLC0415
-    from nltk.corpus import wordnet  # noqa: PLC0415
+    import nltk
+    from nltk.corpus import wordnet
 
     try:
         with warnings.catch_warnings():
@@ -121,11 +121,11 @@ def _wordnet():
 
 def meteor(predictions: Sequence[str], references: list[list[str]]) -> float:
     """Mean nltk METEOR (0..1) over examples; several references -> nltk takes the best."""
-    from nltk.translate.meteor_score import meteor_score  # noqa: PLC0415
+    from nltk.translate.meteor_score import meteor_score
 
     wordnet = _wordnet()
     total = 0.0
-    for pred, group in zip(predictions, references):
+    for pred, group in zip(predictions, references, strict=True):
         total += meteor_score([tokenize(r) for r in group], tokenize(pred), wordnet=wordnet)
     return total / len(predictions)
 
