@@ -131,7 +131,7 @@ def write_split_predictions(path: Path, rows: dict[str, tuple[list, list]]) -> P
     """Rows as train/finetune_classification.py writes predictions.jsonl."""
     with path.open("w") as f:
         for split, (y_true, y_pred) in rows.items():
-            for i, (label, prediction) in enumerate(zip(y_true, y_pred)):
+            for i, (label, prediction) in enumerate(zip(y_true, y_pred, strict=True)):
                 probabilities = [0.9 if c == prediction else 0.025 for c in range(5)]
                 f.write(json.dumps({"split": split, "index": i, "text": f"sentence {i}", "label": label,
                                     "prediction": prediction, "probabilities": probabilities}) + "\n")

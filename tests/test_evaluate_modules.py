@@ -285,11 +285,11 @@ def test_the_repository_locator_is_the_same_in_every_script():
     assert len({block(name) for name in NAMES}) == 1
 
 
-_LOAD_ALL = """
+_LOAD_ALL = f"NAMES = {NAMES!r}\n" + """
 import json, sys, evaluate
 root = sys.argv[1]
 results = {}
-for name in %r:
+for name in NAMES:
     results[name] = evaluate.load(f"{root}/analysis/evaluate_modules/{name}").name
 preds = [{"id": "q", "prediction_text": "the Broncos"}]
 refs = [{"id": "q", "answers": {"text": ["Denver Broncos"], "answer_start": [0]}}]
@@ -298,7 +298,7 @@ results["f1"] = squad.compute(predictions=preds, references=refs)["f1"]
 import analysis
 results["analysis"] = analysis.__file__
 print(json.dumps(results))
-""" % (NAMES,)
+"""
 
 
 @pytest.mark.slow

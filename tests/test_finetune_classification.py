@@ -75,7 +75,7 @@ def write_sst_trees(folder: Path, seed: int = 0, sizes=(60, 20, 20)) -> Path:
             trees.append(sentiment_tree(key[0], key[2], key[3], key[1]))
     folder.mkdir(parents=True, exist_ok=True)
     start = 0
-    for split, size in zip(("train", "dev", "test"), sizes):
+    for split, size in zip(("train", "dev", "test"), sizes, strict=True):
         (folder / f"{split}.txt").write_text("".join(t + "\n" for t in trees[start:start + size]))
         start += size
     return folder
@@ -206,12 +206,12 @@ def test_run_folder_contract(smoke_run, sst_trees):
     assert config["config"]["train_on"] == "phrases"
     assert config["dataset_sizes"]["train"] == len(splits.training_examples("phrases")) > len(splits.train.sentences)
 
-    train_lines = [l for l in read_jsonl(smoke_run / "metrics.jsonl") if "split" not in l]
+    train_lines = [line for line in read_jsonl(smoke_run / "metrics.jsonl") if "split" not in line]
     for key in ("step", "epoch", "loss", "lr", "grad_norm", "samples_per_second", "tokens_per_second",
                 "padding_fraction"):
-        assert all(l.get(key) is not None for l in train_lines), key
-    assert all(0 <= l["padding_fraction"] < 1 and l["tokens_per_second"] > l["samples_per_second"]
-               for l in train_lines)
+        assert all(line.get(key) is not None for line in train_lines), key
+    assert all(0 <= line["padding_fraction"] < 1 and line["tokens_per_second"] > line["samples_per_second"]
+               for line in train_lines)
 
     results = json.loads((smoke_run / "eval_results.json").read_text())
     assert results["task"] == "classification" and results["completed"] and results["train_on"] == "phrases"
@@ -612,7 +612,7 @@ def test_two_processes_match_one_process(tiny_bert, sst_trees, tmp_path):
         assert r2["splits"][split]["loss"] == pytest.approx(r1["splits"][split]["loss"], rel=1e-4)
     p1, p2 = read_jsonl(one / "predictions.jsonl"), read_jsonl(two / "predictions.jsonl")
     assert [(r["split"], r["index"], r["text"]) for r in p1] == [(r["split"], r["index"], r["text"]) for r in p2]
-    for a, b in zip(p1, p2):
+    for a, b in zip(p1, p2, strict=True):
         assert a["probabilities"] == pytest.approx(b["probabilities"], abs=1e-4)
         top = sorted(a["probabilities"])
         if top[-1] - top[-2] > 1e-4:  # not a near tie

@@ -84,9 +84,9 @@ def test_run_folder_contract(smoke_run):
     assert (sizes["train_examples"], sizes["eval_examples"]) == (13, 5)
     assert sizes["eval_features"] > sizes["eval_examples"]  # long contexts make several windows
 
-    train_lines = [l for l in read_jsonl(smoke_run / "metrics.jsonl") if "split" not in l]
+    train_lines = [line for line in read_jsonl(smoke_run / "metrics.jsonl") if "split" not in line]
     for key in ("loss", "lr", "grad_norm", "samples_per_second", "tokens_per_second", "padding_fraction"):
-        assert all(l.get(key) is not None for l in train_lines), key
+        assert all(line.get(key) is not None for line in train_lines), key
 
     predictions = json.loads((smoke_run / "predictions.json").read_text())
     ids = held_out_ids(TINY_V1, 2)
