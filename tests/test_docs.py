@@ -72,8 +72,8 @@ FINETUNING = "train/FINETUNING.md"
 
 TABLE: dict[str, Spec] = {
     # ---- README.md: Quickstart, then the smoke preset section (which repeats the first command) ----
-    "bash setup.sh": Spec(SKIP, why="installs requirements.txt into the active environment (network); .ci/run runs "
-                          "it as written before the suite"),
+    "bash setup.sh": Spec(SKIP, why="installs requirements-dev.txt into the active environment (network); .ci/run "
+                          "runs it as written before the suite"),
     "accelerate launch train/pretrain.py --config train/configs/smoke.yaml":
         Spec(RUN, add=PRETRAIN_SMOKE, slow=True, prints=r"perplexity",
              creates=("runs/smoke/final/model.safetensors", "runs/smoke/eval_results.json", "runs/smoke/tokenizer")),
