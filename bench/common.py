@@ -237,13 +237,13 @@ def make_step_timer():
 
         def intervals(self) -> list[float]:
             marks = [self.start] + self.times
-            return [b - a for a, b in zip(marks, marks[1:])]
+            return [b - a for a, b in zip(marks, marks[1:], strict=False)]
 
         def cpu_intervals(self) -> list[float]:
             """CPU seconds of this process (all its threads) per step: what neighbours on a shared machine
             change least (they steal wall time, not our CPU time)."""
             marks = [self.cpu_start] + self.cpu_times
-            return [b - a for a, b in zip(marks, marks[1:])]
+            return [b - a for a, b in zip(marks, marks[1:], strict=False)]
 
     return StepTimer()
 
@@ -304,7 +304,7 @@ def synthetic_nsp_instances(count: int, seq_len: int, vocab: SyntheticBertVocab,
     a_lengths = rng.integers(1, body, size=count).tolist()
     columns: dict[str, list] = {"input_ids": [], "token_type_ids": [],
                                 "next_sentence_label": rng.integers(0, 2, size=count).tolist()}
-    for row, a_len in zip(tokens, a_lengths):
+    for row, a_len in zip(tokens, a_lengths, strict=True):
         columns["input_ids"].append([vocab.cls_token_id, *row[:a_len], vocab.sep_token_id, *row[a_len:],
                                      vocab.sep_token_id])
         columns["token_type_ids"].append([0] * (a_len + 2) + [1] * (body - a_len + 1))
@@ -352,7 +352,7 @@ def cpu_timed_interval_timer(base):
             return seconds
 
         def cpu_intervals(self) -> list[float]:
-            return [b - a for a, b in zip(self.cpu_marks, self.cpu_marks[1:])]
+            return [b - a for a, b in zip(self.cpu_marks, self.cpu_marks[1:], strict=False)]
 
     return CpuTimedIntervalTimer
 

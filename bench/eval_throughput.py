@@ -26,7 +26,7 @@ from pathlib import Path
 if __package__ in (None, ""):
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from bench.common import (  # noqa: E402
+from bench.common import (
     WIKITEXT_TEST,
     describe_shape,
     emit,
@@ -40,7 +40,7 @@ from bench.common import (  # noqa: E402
     summarize,
     target,
 )
-from bench.pretrain_throughput import (  # noqa: E402
+from bench.pretrain_throughput import (
     DEFAULT_BATCH,
     ours_argv,
     parse_pretrain_args,
@@ -155,7 +155,7 @@ def main(argv=None) -> int:
     finally:
         shutil.rmtree(scratch, ignore_errors=True)
 
-    per_repeat = [safe_ratio(o, t) for o, t in zip(passes["ours"], passes["trainer"])]
+    per_repeat = [safe_ratio(o, t) for o, t in zip(passes["ours"], passes["trainer"], strict=True)]
     ratio = statistics.median(per_repeat)
     targets = [target(f"ours/Trainer eval samples per second, {args.shape} shape", ratio, TARGET,
                       note="no number in the issue; ours must simply not be slower")]

@@ -32,7 +32,7 @@ from typing import Any
 if __package__ in (None, ""):
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from bench.common import (  # noqa: E402
+from bench.common import (
     REPO,
     SQUAD_DEV,
     SST_DIR,
@@ -109,7 +109,7 @@ def baseline_features(task: str, parsed, tokenizer) -> list[dict[str, Any]]:
                                                   max_query_length=data_args.max_query_length).items():
             columns.setdefault(key, []).extend(values)
     keys = list(columns)
-    return [dict(zip(keys, values)) for values in zip(*(columns[k] for k in keys))]
+    return [dict(zip(keys, values, strict=True)) for values in zip(*(columns[k] for k in keys), strict=True)]
 
 
 def run_ours(task: str, argv: list[str], run_dir: Path, precision: str, warmup: int) -> dict[str, Any]:
@@ -120,14 +120,15 @@ def run_ours(task: str, argv: list[str], run_dir: Path, precision: str, warmup: 
         rc = main(argv + ["--output_dir", str(run_dir), "--overwrite_output_dir"])
     if rc != 0:
         raise RuntimeError(f"{TASKS[task]['script'].name} main() returned {rc}")
-    lines = sorted((l for l in read_jsonl(run_dir / "metrics.jsonl") if "split" not in l and "samples_per_second" in l),
-                   key=lambda l: l["step"])
+    lines = sorted((line for line in read_jsonl(run_dir / "metrics.jsonl")
+                    if "split" not in line and "samples_per_second" in line),
+                   key=lambda line: line["step"])
     shutil.rmtree(run_dir, ignore_errors=True)
     reset_accelerate_state()
     gc.collect()
-    return {"samples_per_second": steady_state([l["samples_per_second"] for l in lines], warmup),
-            "tokens_per_second": steady_state([l["tokens_per_second"] for l in lines], warmup),
-            "padding_fraction": [l.get("padding_fraction") for l in lines[warmup:]]}
+    return {"samples_per_second": steady_state([line["samples_per_second"] for line in lines], warmup),
+            "tokens_per_second": steady_state([line["tokens_per_second"] for line in lines], warmup),
+            "padding_fraction": [line.get("padding_fraction") for line in lines[warmup:]]}
 
 
 def run_trainer(task: str, parsed, features, tokenizer, precision: str, steps: int, warmup: int,
@@ -210,7 +211,8 @@ def main(argv=None) -> int:
     from train.common.tokenizer import load_tokenizer
 
     args.model = args.model or default_model()
-    batch_size = args.batch_size or yaml.safe_load(TASKS[args.task]["preset"].read_text())["per_device_train_batch_size"]
+    batch_size = (args.batch_size
+                  or yaml.safe_load(TASKS[args.task]["preset"].read_text())["per_device_train_batch_size"])
     scratch = Path(tempfile.mkdtemp(prefix=f"bench-finetune-{args.task}-"))
     argv = ours_argv(args, batch_size)
     try:
@@ -237,7 +239,7 @@ def main(argv=None) -> int:
         shutil.rmtree(scratch, ignore_errors=True)
 
     per_repeat = [safe_ratio(statistics.median(o["samples_per_second"]), statistics.median(t["samples_per_second"]))
-                  for o, t in zip(ours_runs, trainer_runs)]
+                  for o, t in zip(ours_runs, trainer_runs, strict=True)]
     ratio = statistics.median(per_repeat)
     ours_all = [v for r in ours_runs for v in r["samples_per_second"]]
     base_all = [v for r in trainer_runs for v in r["samples_per_second"]]

@@ -41,7 +41,7 @@ from typing import Any
 if __package__ in (None, ""):
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from bench.gpu_throughput import BERT_BASE, TINY  # noqa: E402
+from bench.gpu_throughput import BERT_BASE, TINY
 
 
 def kernel_kind(name: str) -> str:
@@ -123,7 +123,8 @@ def main(argv=None) -> int:
                             **shape)
         torch._dynamo.reset()  # each variant compiles afresh (and never hits the recompilation limit)
         torch.manual_seed(0)
-        model = PretrainingObjective(build_pretraining_model(config, "sdpa"), sparse_mlm_head=variant != "dense").to(device)
+        model = PretrainingObjective(build_pretraining_model(config, "sdpa"),
+                                     sparse_mlm_head=variant != "dense").to(device)
         if "bf16_weights" in variant:
             model.to(torch.bfloat16)  # a ceiling only: no fp32 master weights
         forward = model
@@ -178,7 +179,8 @@ def main(argv=None) -> int:
                     step(data[i % len(data)])
                 if device.type == "cuda":
                     torch.cuda.synchronize()
-            events = [e for e in prof.key_averages() if (e.device_time_total if device.type == "cuda" else e.self_cpu_time_total) > 0]
+            events = [e for e in prof.key_averages()
+                      if (e.device_time_total if device.type == "cuda" else e.self_cpu_time_total) > 0]
             key = (lambda e: e.self_device_time_total) if device.type == "cuda" else (lambda e: e.self_cpu_time_total)
             kernels = [e for e in events if device.type != "cuda" or not e.key.startswith("aten::")]
             total = sum(key(e) for e in kernels) or 1.0

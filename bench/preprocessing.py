@@ -31,7 +31,7 @@ from typing import Any
 if __package__ in (None, ""):
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from bench.common import (  # noqa: E402
+from bench.common import (
     REPO,
     WIKITEXT_TEST,
     current_rss_mib,
@@ -61,7 +61,7 @@ def default_tokenizer() -> str:
 def child(mode: str, text_file: str, tokenizer_dir: str, cache_dir: str, seed: int) -> dict[str, Any]:
     os.environ["HF_DATASETS_CACHE"] = cache_dir
     set_offline_env()
-    import datasets  # noqa: F401  (imports before the baseline RSS, on both sides)
+    import datasets  # imports before the baseline RSS, on both sides
 
     from train.common.data.pretraining import build_pretraining_datasets, load_corpus
     from train.common.task_config import PretrainingDataArguments
@@ -81,7 +81,8 @@ def child(mode: str, text_file: str, tokenizer_dir: str, cache_dir: str, seed: i
         corpus = load_corpus(data_args, seed)
         splits = build_pretraining_datasets(corpus, tokenizer, data_args, seed)
         seconds = time.perf_counter() - start
-        counts = {"instances": {k: len(v) for k, v in splits.items()}, "documents": {k: len(v) for k, v in corpus.ranges.items()}}
+        counts = {"instances": {k: len(v) for k, v in splits.items()},
+                  "documents": {k: len(v) for k, v in corpus.ranges.items()}}
     else:
         tokens = lines = 0
         with open(text_file, encoding="utf-8") as f:
@@ -183,7 +184,8 @@ def main(argv=None) -> int:
         return {**{k: summarize([r[k] for r in rs]) for k in measured if k in rs[0]}, **keep}
 
     def paired_time_ratio(scale: int) -> float:
-        return statistics.median(o["seconds"] / f["seconds"] for o, f in zip(runs[(scale, "ours")], runs[(scale, "floor")]))
+        return statistics.median(o["seconds"] / f["seconds"]
+                                 for o, f in zip(runs[(scale, "ours")], runs[(scale, "floor")], strict=True))
 
     scales = {f"x{scale}": {"file_bytes": sizes[scale], "ours": side(scale, "ours"),
                             "floor": side(scale, "floor"), "time_ratio_ours_over_floor": paired_time_ratio(scale)}
@@ -204,7 +206,8 @@ def main(argv=None) -> int:
                                             small["ours"]["rss_anon_end_mib"]["median"])
             if "rss_anon_end_mib" in big["ours"] else None,
             "ours_seconds": safe_ratio(big["ours"]["seconds"]["median"], small["ours"]["seconds"]["median"]),
-            "floor_peak_rss": safe_ratio(big["floor"]["peak_rss_mib"]["median"], small["floor"]["peak_rss_mib"]["median"]),
+            "floor_peak_rss": safe_ratio(big["floor"]["peak_rss_mib"]["median"],
+                                         small["floor"]["peak_rss_mib"]["median"]),
             "floor_seconds": safe_ratio(big["floor"]["seconds"]["median"], small["floor"]["seconds"]["median"]),
         }
         targets.append(target(f"preprocessing time / plain tokenisation time (x{args.scale})",

@@ -79,8 +79,9 @@ TINY_MODEL = ["--hidden_size", "32", "--num_hidden_layers", "2", "--num_attentio
 
 
 def pretrain_args(corpus: Path, output_dir: Path, *extra: str) -> list[str]:
-    return [*TINY_MODEL, "--tokenizer_name", str(corpus / "tokenizer"), "--train_file", str(corpus / "train.raw"), "--validation_file", str(corpus / "valid.raw"),
-            "--test_file", str(corpus / "test.raw"), "--output_dir", str(output_dir), *extra]
+    return [*TINY_MODEL, "--tokenizer_name", str(corpus / "tokenizer"), "--train_file", str(corpus / "train.raw"),
+            "--validation_file", str(corpus / "valid.raw"), "--test_file", str(corpus / "test.raw"),
+            "--output_dir", str(output_dir), *extra]
 
 
 def read_jsonl(path: Path) -> list[dict]:

@@ -270,7 +270,7 @@ def run_server(command: str, exports: tuple[str, ...], cwd: Path, env: dict, rea
         elif probe is not None:
             try:
                 probe()
-            except Exception as err:  # noqa: BLE001 - reported with the server's output
+            except Exception as err:  # reported with the server's output
                 problem = f"probe failed while it was up: {type(err).__name__}: {err}"
     finally:
         if proc.poll() is None:
@@ -415,7 +415,7 @@ def sbatch_node_command(line: str) -> tuple[list[str], dict]:
     options.update({a[2:]: "" for a in argv[1:] if a in ("--requeue",)})
     job = next(i for i, a in enumerate(argv) if a.endswith("slurm_job.sbatch"))
     sep = argv.index("--", job)
-    job_opts = dict(zip(argv[job + 1:sep:2], argv[job + 2:sep:2]))
+    job_opts = dict(zip(argv[job + 1:sep:2], argv[job + 2:sep:2], strict=True))
     nodes, procs = int(options["nodes"]), int(job_opts["--procs_per_node"])
     script, *script_args = argv[sep + 1:]
     launch = ["accelerate", "launch", "--config_file", job_opts["--config_file"], "--num_machines", str(nodes),

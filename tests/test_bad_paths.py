@@ -322,7 +322,8 @@ def test_disk_full_appending_metrics_leaves_no_torn_line(corpus_dir, tmp_path, m
     code, line = cli_pretrain(pretrain_args(corpus_dir, out, *STEPS, "--logging_steps", "1"), capsys)
     assert code == 2 and line == f"error: cannot write {out / 'metrics.jsonl'}: {ENOSPC_FIX}"
     assert_nothing_saved_lost(out, [4])
-    assert [json.loads(l)["step"] for l in (out / "metrics.jsonl").read_text().splitlines()] == [1, 2, 3, 4, 4]
+    steps = [json.loads(record)["step"] for record in (out / "metrics.jsonl").read_text().splitlines()]
+    assert steps == [1, 2, 3, 4, 4]
 
 
 def test_metrics_append_failure_truncates_the_torn_line(tmp_path, monkeypatch):

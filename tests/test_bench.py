@@ -84,6 +84,7 @@ def test_synthetic_batches_go_through_our_collator():
     assert set(batch["next_sentence_label"].tolist()) <= {0, 1}
 
 
+@pytest.mark.slow
 def test_gpu_modules_do_not_need_datasets():
     """The GPU machine has no `datasets`: the modules the GPU check imports must not need it, and
     train.pretrain must import with the placeholder."""

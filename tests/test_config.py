@@ -29,7 +29,8 @@ def test_preset_then_command_line_override(tmp_path):
 def test_unknown_keys_are_rejected(tmp_path):
     preset = tmp_path / "bad.yaml"
     preset.write_text("learning_rat: 0.1\nhidden_size: 64\n")
-    with pytest.raises(ConfigError, match=r"bad.yaml: unknown option\(s\) 'learning_rat' \(did you mean 'learning_rate'"):
+    with pytest.raises(ConfigError,
+                       match=r"bad.yaml: unknown option\(s\) 'learning_rat' \(did you mean 'learning_rate'"):
         parse_config(PRETRAIN, ["--config", str(preset)])
     with pytest.raises(ConfigError, match="not used"):
         parse_config(PRETRAIN, ["--learning_rat", "0.1"])

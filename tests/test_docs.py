@@ -72,8 +72,8 @@ FINETUNING = "train/FINETUNING.md"
 
 TABLE: dict[str, Spec] = {
     # ---- README.md: Quickstart, then the smoke preset section (which repeats the first command) ----
-    "bash setup.sh": Spec(SKIP, why="installs requirements.txt into the active environment (network); .ci/run runs "
-                          "it as written before the suite"),
+    "bash setup.sh": Spec(SKIP, why="installs requirements-dev.txt into the active environment (network); .ci/run "
+                          "runs it as written before the suite"),
     "accelerate launch train/pretrain.py --config train/configs/smoke.yaml":
         Spec(RUN, add=PRETRAIN_SMOKE, slow=True, prints=r"perplexity",
              creates=("runs/smoke/final/model.safetensors", "runs/smoke/eval_results.json", "runs/smoke/tokenizer")),
@@ -387,7 +387,7 @@ def parse_documented(command: DocCommand, spec: Spec, text: str, ctx: Context):
     for train_argv in training:
         try:
             checked = check_training_command(train_argv, ctx.repo)
-        except Exception as err:  # noqa: BLE001 - ConfigError, the launcher's ValueErrors: the message is the point
+        except Exception as err:  # ConfigError, the launcher's ValueErrors: the message is the point
             pytest.fail(f"{command.where}: {type(err).__name__}: {err}\ncommand: {text}\nas parsed: "
                         f"{shlex.join(train_argv)}", pytrace=False)
         if program == "launch/pipeline.py":

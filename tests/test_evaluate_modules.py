@@ -169,6 +169,7 @@ def test_squad_v2_module_gives_cli_and_plain_numbers(load, tmp_path, fixture, pr
     assert (result["best_f1"] is None) == (not probs) and result["NoAns_total"] > 0
 
 
+@pytest.mark.slow
 def test_squad_aux_gives_the_cli_aux_metrics(load):
     _wordnet_or_skip()
     data_file = METRIC_FIXTURES / "squad_v2_tiny.json"

@@ -46,7 +46,8 @@ def test_nan_policy_skip_drops_only_that_update(corpus_dir, tmp_path, monkeypatc
                                           "--checkpointing_steps", "none", "--logging_steps", "1")) == 0
     assert "step 3: non-finite loss or gradient (update skipped)" in caplog.text
     assert all(torch.isfinite(t).all() for t in tensors(run).values())
-    steps = [json.loads(l)["step"] for l in (run / "metrics.jsonl").read_text().splitlines() if '"split"' not in l]
+    steps = [json.loads(line)["step"] for line in (run / "metrics.jsonl").read_text().splitlines()
+             if '"split"' not in line]
     assert steps == [1, 2, 3, 4, 5, 6]
 
 
@@ -71,7 +72,7 @@ def test_kill_9_at_random_steps_then_resume(corpus_dir, tmp_path):
            *pretrain_args(corpus_dir, run, *args, "--resume_from_checkpoint", "latest")]
     rng = random.Random(1234)
     kills = 0
-    for attempt in range(6):
+    for _attempt in range(6):
         if (run / "final").is_dir():
             break
         proc = subprocess.Popen(cmd, cwd=REPO, env=launch_env(), stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
@@ -81,7 +82,7 @@ def test_kill_9_at_random_steps_then_resume(corpus_dir, tmp_path):
         deadline = time.time() + 300
         while proc.poll() is None and time.time() < deadline and kills < 3:
             lines = (run / "metrics.jsonl").read_text().splitlines() if (run / "metrics.jsonl").exists() else []
-            if any(json.loads(l).get("step", 0) >= target for l in lines if l.strip()):
+            if any(json.loads(line).get("step", 0) >= target for line in lines if line.strip()):
                 os.killpg(proc.pid, signal.SIGKILL)
                 kills += 1
                 break
@@ -92,7 +93,8 @@ def test_kill_9_at_random_steps_then_resume(corpus_dir, tmp_path):
     reference_tensors, final = tensors(reference), tensors(run)
     for key in reference_tensors:
         assert torch.equal(reference_tensors[key], final[key]), key
-    assert json.loads((run / "eval_results.json").read_text()) == json.loads((reference / "eval_results.json").read_text())
+    assert json.loads((run / "eval_results.json").read_text()) == \
+        json.loads((reference / "eval_results.json").read_text())
 
 
 @pytest.mark.multiprocess

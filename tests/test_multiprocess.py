@@ -16,8 +16,9 @@ NO_DROPOUT = ("--hidden_dropout_prob", "0", "--attention_probs_dropout_prob", "0
 
 
 def accelerate_launch(config: str, args: list[str], *launch_args: str, timeout=600) -> subprocess.CompletedProcess:
-    cmd = [sys.executable, "-m", "accelerate.commands.launch", "--config_file", str(REPO / "accelerate_configs" / config),
-           "--main_process_port", str(free_port()), *launch_args, str(REPO / "train" / "pretrain.py"), *args]
+    cmd = [sys.executable, "-m", "accelerate.commands.launch",
+           "--config_file", str(REPO / "accelerate_configs" / config), "--main_process_port", str(free_port()),
+           *launch_args, str(REPO / "train" / "pretrain.py"), *args]
     proc = subprocess.run(cmd, cwd=REPO, env=launch_env(), capture_output=True, text=True, timeout=timeout)
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-6000:]
     return proc
@@ -41,7 +42,7 @@ def test_two_processes_match_one_process_with_the_same_global_batch(corpus_dir, 
     for key in a:  # same samples, masks and normalisation; only the summation order differs
         torch.testing.assert_close(a[key], b[key], atol=1e-5, rtol=0, msg=key)
     ra, rb = (json.loads((r / "eval_results.json").read_text()) for r in (one, two))
-    for ea, eb in zip(ra["epochs"] + [ra["test"]], rb["epochs"] + [rb["test"]]):
+    for ea, eb in zip(ra["epochs"] + [ra["test"]], rb["epochs"] + [rb["test"]], strict=True):
         assert ea["masked_tokens"] == eb["masked_tokens"]  # every example evaluated exactly once
         assert ea["perplexity"] == pytest.approx(eb["perplexity"], rel=1e-4)
 

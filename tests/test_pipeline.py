@@ -83,6 +83,7 @@ def test_rerun_skips_complete_stages_and_rebuilds_the_report(smoke, data):
     assert "[pipeline] report: " in proc.stdout
 
 
+@pytest.mark.slow
 def test_an_interrupted_stage_is_resumed_and_a_failure_names_the_stage(data, tmp_path):
     runs = tmp_path / "runs"
     # A pretraining stage that stopped before finishing: its folder has config.yaml but no final/.

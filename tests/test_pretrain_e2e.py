@@ -28,12 +28,12 @@ def test_run_folder_contract(smoke_run):
     assert config["distributed"]["mixed_precision"] == "no"
 
     lines = read_jsonl(smoke_run / "metrics.jsonl")
-    train_lines = [l for l in lines if "split" not in l]
+    train_lines = [line for line in lines if "split" not in line]
     for key in ("step", "epoch", "loss", "mlm_loss", "nsp_loss", "lr", "grad_norm", "samples_per_second",
                 "tokens_per_second"):
-        assert all(key in l and l[key] is not None for l in train_lines), key
-    assert [l["step"] for l in train_lines] == list(range(1, len(train_lines) + 1))
-    assert all(math.isclose(l["loss"], l["mlm_loss"] + l["nsp_loss"]) for l in train_lines)
+        assert all(key in line and line[key] is not None for line in train_lines), key
+    assert [line["step"] for line in train_lines] == list(range(1, len(train_lines) + 1))
+    assert all(math.isclose(line["loss"], line["mlm_loss"] + line["nsp_loss"]) for line in train_lines)
 
     results = json.loads((smoke_run / "eval_results.json").read_text())
     assert len(results["epochs"]) == 3
@@ -54,13 +54,14 @@ def test_run_folder_contract(smoke_run):
 
 
 def test_learning_rate_warmup_then_linear_decay(smoke_run):
-    lines = [l for l in read_jsonl(smoke_run / "metrics.jsonl") if "split" not in l]
+    lines = [line for line in read_jsonl(smoke_run / "metrics.jsonl") if "split" not in line]
     total = lines[-1]["step"]
     warmup = math.ceil(0.1 * total)
     peak = 2e-3
-    for l in lines:  # the LR logged at step s is the one the next step will use
-        expected = peak * l["step"] / warmup if l["step"] < warmup else peak * (total - l["step"]) / (total - warmup)
-        assert math.isclose(l["lr"], expected, rel_tol=1e-9, abs_tol=1e-12), l
+    for line in lines:  # the LR logged at step s is the one the next step will use
+        step = line["step"]
+        expected = peak * step / warmup if step < warmup else peak * (total - step) / (total - warmup)
+        assert math.isclose(line["lr"], expected, rel_tol=1e-9, abs_tol=1e-12), line
 
 
 def test_tensorboard_scalars_read_back(smoke_run):
@@ -103,6 +104,11 @@ def test_resume_is_bit_identical(corpus_dir, tmp_path):
     assert_same_tensors(final_tensors(reference), final_tensors(every))  # saving does not perturb training
     steps = sorted(int(p.name[5:]) for p in (every / "checkpoints").glob("step_*"))
     steps_per_epoch = steps[-1] // 2
+    drop = ("samples_per_second", "tokens_per_second", "mfu")
+
+    def strip(rows):
+        return [{k: v for k, v in r.items() if k not in drop} for r in rows]
+
     for stop_after in (1, 4, steps_per_epoch, steps_per_epoch + 2):  # start, mid-epoch, epoch end, next epoch
         resumed = tmp_path / f"resumed_{stop_after}"
         shutil.copytree(every, resumed, ignore=shutil.ignore_patterns("final"))
@@ -114,8 +120,6 @@ def test_resume_is_bit_identical(corpus_dir, tmp_path):
         assert_same_tensors(final_tensors(reference), final_tensors(resumed))
         ref_eval = json.loads((reference / "eval_results.json").read_text())
         assert json.loads((resumed / "eval_results.json").read_text()) == ref_eval
-        drop = ("samples_per_second", "tokens_per_second", "mfu")
-        strip = lambda rows: [{k: v for k, v in r.items() if k not in drop} for r in rows]
         assert strip(read_jsonl(resumed / "metrics.jsonl")) == strip(read_jsonl(reference / "metrics.jsonl"))
 
 

@@ -342,7 +342,7 @@ def test_params_diff_in_run_folder(runs, params_diff_file, tmp_path):
     shutil.copy(params_diff_file, folder / "params_diff.json")
     report = build_report([folder], tmp_path / "out")
     links = png_links(report)
-    heatmaps = [l for l in links if l.startswith("plots/params_")]
+    heatmaps = [link for link in links if link.startswith("plots/params_")]
     assert heatmaps == ["plots/params_sst_with_diff_params_diff.png"]
     assert_valid_png(tmp_path / "out" / heatmaps[0])
 

@@ -41,7 +41,7 @@ def _example(qid, answer_words=None, question="who is it ?", context=CONTEXT, im
 
 
 def _labels(feats):
-    return list(zip(feats["start_positions"], feats["end_positions"]))
+    return list(zip(feats["start_positions"], feats["end_positions"], strict=True))
 
 
 # ------------------------------------------------------------------------------------------------------- loaders
@@ -366,7 +366,7 @@ def _gold_logits(feats):
     width = max(len(ids) for ids in feats["input_ids"])
     start = np.full((n, width), -10.0)
     end = np.full((n, width), -10.0)
-    for i, (s, e) in enumerate(zip(feats["start_positions"], feats["end_positions"])):
+    for i, (s, e) in enumerate(zip(feats["start_positions"], feats["end_positions"], strict=True)):
         start[i, s] = 10.0
         end[i, e] = 10.0
     return start, end

