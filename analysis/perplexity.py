@@ -16,7 +16,8 @@ its MLM head (a pretraining run's final/, or a BertForMaskedLM, whose missing NS
 classifier or a bare BertModel is refused, since transformers would fill the head with random weights.
 
     python -m analysis.perplexity --model runs/smoke/final --file wiki.test.raw
-    python -m analysis.perplexity --model runs/smoke/final --dataset wikitext --dataset_config wikitext-2-raw-v1 --split test
+    python -m analysis.perplexity --model runs/smoke/final --dataset wikitext --dataset_config wikitext-2-raw-v1 \\
+        --split test
     accelerate launch --config_file accelerate_configs/cpu_ddp.yaml -m analysis.perplexity --model ... --mode pseudo
 """
 

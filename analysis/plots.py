@@ -31,7 +31,7 @@ def _save(fig: Figure, path) -> Path:
 
 
 def _finite(xs, ys):
-    pairs = [(x, y) for x, y in zip(xs, ys) if isinstance(x, (int, float))
+    pairs = [(x, y) for x, y in zip(xs, ys, strict=True) if isinstance(x, (int, float))
              and isinstance(y, (int, float)) and math.isfinite(y)]
     return [p[0] for p in pairs], [p[1] for p in pairs]
 
@@ -78,12 +78,12 @@ def plot_bars(path, title: str, values: dict, ylabel: str, *, note: str | None =
         return None
     fig = _figure(max(4.0, 1.0 + 0.9 * len(items)), 4.0)
     ax = fig.add_subplot(1, 1, 1)
-    labels, heights = zip(*items)
+    labels, heights = zip(*items, strict=True)
     bars = ax.bar(range(len(items)), heights, color=color)
     ax.set_xticks(range(len(items)))
     tilt = len(items) > 4
     ax.set_xticklabels(labels, rotation=30 if tilt else 0, ha="right" if tilt else "center")
-    for bar, h in zip(bars, heights):
+    for bar, h in zip(bars, heights, strict=True):
         ax.annotate(f"{h:.2f}", (bar.get_x() + bar.get_width() / 2, h), ha="center", va="bottom",
                     fontsize="small")
     ax.set_title(title)
@@ -127,15 +127,15 @@ def plot_param_change(path, diff: dict, title: str, encoder_types: tuple[str, ..
     cells = {(r["layer"], r["module_type"]): r.get("relative_change")
              for r in diff.get("by_layer_module", [])}
     layers = [r["group"] for r in diff.get("by_layer", []) if r["group"].startswith("encoder.layer.")]
-    types = [t for t in encoder_types if any((l, t) in cells for l in layers)]
+    types = [t for t in encoder_types if any((rec, t) in cells for rec in layers)]
     per_layer = [(r["group"], r.get("relative_change")) for r in diff.get("by_layer", [])]
     if not per_layer:
         return None
     fig = _figure(11.0, max(4.0, 0.4 * len(layers) + 2.0))
     if layers and types:
         ax = fig.add_subplot(1, 2, 1)
-        grid = np.array([[cells.get((l, t)) if cells.get((l, t)) is not None else np.nan
-                          for t in types] for l in layers], dtype=float)
+        grid = np.array([[cells.get((rec, t)) if cells.get((rec, t)) is not None else np.nan
+                          for t in types] for rec in layers], dtype=float)
         image = ax.imshow(grid, aspect="auto", cmap="viridis")
         fig.colorbar(image, ax=ax, label="||dW|| / ||W_before||")
         for i in range(grid.shape[0]):
@@ -146,7 +146,7 @@ def plot_param_change(path, diff: dict, title: str, encoder_types: tuple[str, ..
         ax.set_xticks(range(len(types)))
         ax.set_xticklabels(types, rotation=45, ha="right", fontsize="small")
         ax.set_yticks(range(len(layers)))
-        ax.set_yticklabels([l.replace("encoder.layer.", "layer ") for l in layers], fontsize="small")
+        ax.set_yticklabels([rec.replace("encoder.layer.", "layer ") for rec in layers], fontsize="small")
         ax.set_title("encoder: relative change")
         bar_ax = fig.add_subplot(1, 2, 2)
     else:

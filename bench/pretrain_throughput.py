@@ -67,7 +67,8 @@ MODEL_KEYS = ("hidden_size", "num_hidden_layers", "num_attention_heads", "interm
 OPT_KEYS = ("learning_rate", "weight_decay", "warmup_ratio", "lr_scheduler_type")
 TINY = {"hidden_size": 32, "num_hidden_layers": 2, "num_attention_heads": 2, "intermediate_size": 64,
         "max_position_embeddings": 64, "max_seq_length": 64, "learning_rate": 2e-3, "warmup_ratio": 0.1}
-PRESETS = {"smoke": REPO / "train" / "configs" / "smoke.yaml", "bert_base": REPO / "train" / "configs" / "bert_base.yaml"}
+PRESETS = {"smoke": REPO / "train" / "configs" / "smoke.yaml",
+           "bert_base": REPO / "train" / "configs" / "bert_base.yaml"}
 DEFAULT_BATCH = {"tiny": 8, "smoke": 32, "bert_base": 8}
 # ours / Trainer samples per second (the issue's acceptance numbers)
 TARGETS = {"smoke": 2.0, "bert_base": 1.2, "tiny": 2.0}
@@ -127,44 +128,36 @@ def parse_pretrain_args(argv: list[str]):
                         argv + ["--output_dir", "unused"])
 
 
-def unfused_adamw(module) -> None:
-    """What-if for --ours_unfused_adamw: train.common.optim.build_optimizer with fused=False (the per-tensor
-    foreach AdamW our loop used on CPU before; fused is the default now, as in the Trainer's adamw_torch_fused)."""
+def unfused_adamw(model, opt_args, device):
+    """What-if for --ours_unfused_adamw, through pretrain.main's Overrides.build_optimizer: AdamW with fused=False
+    (the per-tensor foreach AdamW our loop used on CPU before; fused is the default now, as in the Trainer's
+    adamw_torch_fused)."""
     import torch
 
     from train.common.optim import parameter_groups
-
-    def build_optimizer(model, opt_args, device):
-        return torch.optim.AdamW(parameter_groups(model, opt_args.weight_decay), lr=opt_args.learning_rate,
-                                 betas=(opt_args.adam_beta1, opt_args.adam_beta2), eps=opt_args.adam_epsilon,
-                                 fused=False)
-    module.build_optimizer = build_optimizer
+    return torch.optim.AdamW(parameter_groups(model, opt_args.weight_decay), lr=opt_args.learning_rate,
+                             betas=(opt_args.adam_beta1, opt_args.adam_beta2), eps=opt_args.adam_epsilon, fused=False)
 
 
-def run_ours(argv: list[str], run_dir: Path, precision: str, warmup: int, unfused_adamw: bool = False,
+def run_ours(argv: list[str], run_dir: Path, precision: str, warmup: int, unfused: bool = False,
              batch_size: int = 0) -> dict[str, Any]:
-    import train.pretrain
-    from train.pretrain import main
-    original, original_timer = train.pretrain.build_optimizer, train.pretrain.IntervalTimer
-    timer_class = cpu_timed_interval_timer(original_timer)
-    train.pretrain.IntervalTimer = timer_class
-    if unfused_adamw:
-        unfused_adamw(train.pretrain)
+    from train.common.throughput import IntervalTimer
+    from train.pretrain import Overrides, main
+    timer_class = cpu_timed_interval_timer(IntervalTimer)
+    overrides = Overrides(build_optimizer=unfused_adamw if unfused else None, interval_timer=timer_class)
     reset_accelerate_state()
     with mixed_precision_env(precision), stdout_to_stderr(), restored_signal_handlers():
-        try:
-            rc = main(argv + ["--output_dir", str(run_dir), "--overwrite_output_dir"])
-        finally:
-            train.pretrain.build_optimizer, train.pretrain.IntervalTimer = original, original_timer
+        rc = main(argv + ["--output_dir", str(run_dir), "--overwrite_output_dir"], overrides)
     if rc != 0:
         raise RuntimeError(f"train/pretrain.py main() returned {rc}")
-    lines = sorted((l for l in read_jsonl(run_dir / "metrics.jsonl") if "split" not in l), key=lambda l: l["step"])
+    lines = sorted((rec for rec in read_jsonl(run_dir / "metrics.jsonl") if "split" not in rec),
+                   key=lambda rec: rec["step"])
     cpu_seconds = timer_class.instances[-1].cpu_intervals()[:len(lines)]
     shutil.rmtree(run_dir, ignore_errors=True)
     reset_accelerate_state()
     gc.collect()
-    return {"samples_per_second": steady_state([l["samples_per_second"] for l in lines], warmup),
-            "tokens_per_second": steady_state([l["tokens_per_second"] for l in lines], warmup),
+    return {"samples_per_second": steady_state([rec["samples_per_second"] for rec in lines], warmup),
+            "tokens_per_second": steady_state([rec["tokens_per_second"] for rec in lines], warmup),
             "samples_per_cpu_second": steady_state([batch_size / s for s in cpu_seconds], warmup),
             "loss_first_last": [lines[0]["loss"], lines[-1]["loss"]]}
 
@@ -302,10 +295,11 @@ def main(argv=None) -> int:
     base_sps = [v for r in trainer_runs for v in r["samples_per_second"]]
     pooled = safe_ratio(statistics.median(ours_sps), statistics.median(base_sps))
     per_repeat = [safe_ratio(statistics.median(o["samples_per_second"]), statistics.median(t["samples_per_second"]))
-                  for o, t in zip(ours_runs, trainer_runs)]
+                  for o, t in zip(ours_runs, trainer_runs, strict=True)]
     ratio = statistics.median(per_repeat)
     cpu_per_repeat = [safe_ratio(statistics.median(o["samples_per_cpu_second"]),
-                                 statistics.median(t["samples_per_cpu_second"])) for o, t in zip(ours_runs, trainer_runs)]
+                                 statistics.median(t["samples_per_cpu_second"]))
+                      for o, t in zip(ours_runs, trainer_runs, strict=True)]
     threshold = TARGETS[args.shape]
     targets = [target(f"ours/Trainer samples per second, {args.shape} shape", ratio, threshold,
                       note="tiny is a test shape; the issue's targets are smoke >= 2.0 and bert_base >= 1.2"
@@ -325,7 +319,8 @@ def main(argv=None) -> int:
         "environment": environment("cuda" if torch.cuda.is_available() else "cpu"),
         "ours": {
             "what": "train/pretrain.py main() in-process, samples_per_second per step from its metrics.jsonl"
-                    + (" -- WHAT-IF: build_optimizer patched to unfused (foreach) AdamW" if args.ours_unfused_adamw else ""),
+                    + (" -- WHAT-IF: build_optimizer patched to unfused (foreach) AdamW"
+                       if args.ours_unfused_adamw else ""),
             "samples_per_second": summarize(ours_sps),
             "tokens_per_second": summarize([v for r in ours_runs for v in r["tokens_per_second"]]),
             "per_repeat_median": [statistics.median(r["samples_per_second"]) for r in ours_runs],

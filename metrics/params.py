@@ -1,7 +1,7 @@
 """Parameter counts and parameter-change analysis for BERT models.
 
 The command line (``python -m analysis.params A [B]``: tables, JSON and CSV files) is analysis/params.py; the
-fine-tuning scripts store ``parameter_summary`` in eval_results.json (train/common/finetune_common.py).
+fine-tuning scripts store ``parameter_summary`` in eval_results.json (train/common/models.py parameter_block).
 
 A model is a folder written by ``save_pretrained`` (``model.safetensors`` or a sharded
 ``model.safetensors.index.json``, plus ``config.json``), a single ``.safetensors`` file, or a hub

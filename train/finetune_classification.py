@@ -9,7 +9,7 @@ r"""Fine-tune BERT for 5-class sentiment: the Stanford Sentiment Treebank (SST-5
 Sources: --sst_trees_dir (PTB trees), --sst_dir (original release), --train_file/--validation_file/--test_file
 (CSV/JSON, --text_column/--label_column), else the hub --dataset_name. --train_on phrases trains on every
 labelled phrase of the training sentences; evaluation is always on dev/test SENTENCES (and on phrases where the
-source has them). No dev/test sentence ever enters training (sst_data.check_no_leakage runs on every run).
+source has them). No dev/test sentence ever enters training (train/common/data/sst.py check_no_leakage runs on every run).
 
 Classes 0..4 = very negative, negative, neutral, positive, very positive (SST values [0,.2], (.2,.4], (.4,.6],
 (.6,.8], (.8,1]). The course report numbered them the other way round (0 = very positive ... 4 = very negative):
@@ -214,16 +214,14 @@ def run_classification(model_args, data_args, opt_args, run_args, preemption, ma
     model.train()
     for epoch in loop.epochs():
         for window in loop.windows(run.train_dataloader, epoch):
-            # The loss is the (class-weighted) mean over the examples of the whole window on all ranks; DDP and
-            # DeepSpeed average over ranks and accelerate divides by the accumulation steps: `scale` undoes both.
+            # The loss is the (class-weighted) mean over the examples of the whole window on all ranks.
             example_weights = [class_weight[b["labels"]] for b in window]
             denominator = accelerator.reduce(sum(w.sum() for w in example_weights).double(), reduction="sum")
-            scale = accelerator.num_processes * opt_args.gradient_accumulation_steps
             for batch, example_weight in zip(window, example_weights, strict=True):
                 with accelerator.accumulate(model):
                     logits = model(**model_inputs(batch)).logits
                     weighted_nll = classification_nll(logits, batch["labels"]) * example_weight
-                    accelerator.backward(loop.watch(weighted_nll.sum() / denominator) * scale)
+                    accelerator.backward(loop.watch(weighted_nll.sum() / denominator) * loop.loss_scale)
                     if accelerator.sync_gradients and loop.clip_and_agree(model):
                         optimizer.step()
                     optimizer.zero_grad()

@@ -8,7 +8,7 @@ r"""Fine-tune BERT for extractive question answering: SQuAD v1.1 and v2.0.
         --validation_file ../shared/data/squad/dev-v2.0-sample-5articles.json --output_dir runs/squad_v2_eval
     accelerate launch train/finetune_qa.py --config train/configs/squad_bert_base.yaml       # hub squad, GPUs
 
-Sources: official SQuAD JSON files (--train_file/--validation_file, read by train/common/squad_data.py, which
+Sources: official SQuAD JSON files (--train_file/--validation_file, read by train/common/data/squad.py, which
 fixes or drops answers that are not at answer_start and reports it) or the hub's squad / squad_v2. Long contexts
 are cut into windows of --max_seq_length tokens sharing --doc_stride tokens; post-processing picks the best span
 over all windows of a question (n-best, --max_answer_length, context tokens only; v2.0: '' when the null score
@@ -251,15 +251,13 @@ def main(argv=None) -> int:
     model.train()
     for epoch in loop.epochs():
         for window in loop.windows(run.train_dataloader, epoch):
-            # The loss is the mean over the features of the whole window on all ranks; DDP and DeepSpeed
-            # average over ranks and accelerate divides by the accumulation steps: `scale` undoes both.
+            # The loss is the mean over the features of the whole window on all ranks.
             denominator = accelerator.reduce(torch.tensor(float(sum(len(b["input_ids"]) for b in window)),
                                                           device=accelerator.device), reduction="sum")
-            scale = accelerator.num_processes * opt_args.gradient_accumulation_steps
             for batch in window:
                 with accelerator.accumulate(model):
                     nll = qa_outputs(model(**model_inputs(batch)), batch)["nll"]
-                    accelerator.backward(loop.watch(nll.sum() / denominator) * scale)
+                    accelerator.backward(loop.watch(nll.sum() / denominator) * loop.loss_scale)
                     if accelerator.sync_gradients and loop.clip_and_agree(model):
                         optimizer.step()
                     optimizer.zero_grad()

@@ -76,11 +76,12 @@ class Overrides:
     """main()'s seam for callers in the same process (bench/ uses it); None keeps the script's own piece.
 
     inputs(data_args, seed, output_dir, accelerator) -> PretrainingInputs replaces reading and preparing the text;
-    build_optimizer(model, opt_args, device) the optimizer; interval_timer the clock of the logged throughput."""
+    build_optimizer(model, opt_args, device) the optimizer; interval_timer the class (IntervalTimer's interface)
+    of the clock behind the logged throughput."""
 
     inputs: Callable[..., PretrainingInputs] | None = None
     build_optimizer: Callable[..., torch.optim.Optimizer] | None = None
-    interval_timer: IntervalTimer | None = None
+    interval_timer: type[IntervalTimer] | None = None
 
 
 def read_inputs(data_args, seed: int, output_dir: Path, accelerator) -> PretrainingInputs:
@@ -205,7 +206,7 @@ def main(argv=None, overrides: Overrides | None = None) -> int:
                      progress=progress, stats=stats, checkpoints_dir=output_dir / "checkpoints",
                      checkpoint_metadata={"config": config, "model_signature": model_signature,
                                           "distributed": distributed},
-                     resume_step=resume_step, reseed=(train_collator,), timer=overrides.interval_timer)
+                     resume_step=resume_step, reseed=(train_collator,), timer_class=overrides.interval_timer)
 
     def run_evaluation(split: str) -> dict:
         result = evaluate_pretraining(model, eval_dataloaders[split], accelerator, len(splits[split]),
@@ -235,20 +236,18 @@ def main(argv=None, overrides: Overrides | None = None) -> int:
     for epoch in loop.epochs():
         for window in loop.windows(train_dataloader, epoch):
             # MLM is normalised by the masked tokens of the whole window on all ranks, NSP by its
-            # sequences, so each optimizer step follows one token-weighted mean. DDP/DeepSpeed
-            # average over ranks and accelerate divides by the accumulation steps: `scale` undoes both.
+            # sequences, so each optimizer step follows one token-weighted mean.
             window_counts = accelerator.reduce(torch.stack([
                 sum((b["labels"] != -100).sum() for b in window).double(),
                 torch.tensor(sum(len(b["input_ids"]) for b in window), device=accelerator.device).double()]),
                 reduction="sum")
-            scale = accelerator.num_processes * gas
             for batch in window:
                 with accelerator.accumulate(model):
                     sums = model(**batch)
                     loss = sums.mlm_nll.sum() / window_counts[0]
                     if data_args.nsp:
                         loss = loss + sums.nsp_nll.sum() / window_counts[1]
-                    accelerator.backward(loop.watch(loss) * scale)
+                    accelerator.backward(loop.watch(loss) * loop.loss_scale)
                     if accelerator.sync_gradients and loop.clip_and_agree(model):
                         optimizer.step()
                     optimizer.zero_grad()

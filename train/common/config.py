@@ -33,9 +33,10 @@ def _help(text: str, **kwargs) -> Any:
 
 @dataclass
 class RunArguments:
-    output_dir: str = _help("Run folder: config.yaml, metrics.jsonl, eval_results.json, tensorboard/, checkpoints/, final/.",
-                            default="runs/pretrain")
-    overwrite_output_dir: bool = _help("Start afresh in an output folder that already holds another run.", default=False)
+    output_dir: str = _help("Run folder: config.yaml, metrics.jsonl, eval_results.json, tensorboard/, "
+                            "checkpoints/, final/.", default="runs/pretrain")
+    overwrite_output_dir: bool = _help("Start afresh in an output folder that already holds another run.",
+                                       default=False)
     seed: int = _help("Seed for initialisation, data order, pair creation and training masks.", default=42)
     logging_steps: int = _help("Log training metrics every N optimizer steps.", default=50)
     eval_steps: int | None = _help("Also evaluate every N optimizer steps (always at each epoch end).", default=None)
@@ -48,7 +49,8 @@ class RunArguments:
     dataloader_num_workers: int | None = _help("DataLoader worker processes (default: 4 on a GPU, 0 on CPU, "
                                                   "where workers only compete with the model for cores).",
                                                   default=None)
-    nan_policy: str = _help("On a non-finite loss or gradient: 'skip' the update, or 'stop' after saving.", default="stop")
+    nan_policy: str = _help("On a non-finite loss or gradient: 'skip' the update, or 'stop' after saving.",
+                            default="stop")
     process_group_timeout: int = _help("Seconds a collective may wait before the job fails (a crashed rank).",
                                        default=1800)
     push_to_hub: bool = _help("Upload final/ to the Hugging Face Hub at the end (token from HF_TOKEN or the login).",
@@ -184,7 +186,8 @@ def parse_config(dataclass_types: Sequence[type], argv: Sequence[str] | None = N
     # No prefix abbreviations: "--learning_rat" must be an error, not a silent match.
     parser = HfArgumentParser(dataclass_types, description=description, allow_abbrev=False,
                               formatter_class=_HelpFormatter)
-    parser.add_argument("--config", default=None, help="YAML preset (train/configs/*.yaml); the command line overrides it.")
+    parser.add_argument("--config", default=None,
+                        help="YAML preset (train/configs/*.yaml); the command line overrides it.")
     if pre_args.config:
         known = {f.name for dc in dataclass_types for f in dataclasses.fields(dc)}
         parser.set_defaults(**_load_preset(pre_args.config, known))

@@ -1,4 +1,5 @@
-"""Masked-LM evaluation: perplexity = exp(sum of masked-token NLL / number of masked tokens).
+"""Evaluation passes. Masked-LM: perplexity = exp(sum of masked-token NLL / number of masked tokens), beside
+the unigram and NSP-majority baselines. Fine-tuning: `evaluate_outputs` gathers per-example outputs in order.
 
 One implementation for the pretraining loop and `python -m analysis.perplexity`. Masks are fixed
 by the collator's seed, per-example sums are gathered with `gather_for_metrics` (which drops the
@@ -103,8 +104,8 @@ def baseline_notes(result: dict) -> list[str]:
                      f"{result['unigram_perplexity']:.1f} from training-split token frequencies on the same masks")
     if result.get("nsp_majority_accuracy") is not None and result.get("nsp_accuracy") is not None \
             and result["nsp_accuracy"] <= result["nsp_majority_accuracy"] + 0.02:
-        notes.append(f"NSP is at chance: accuracy {result['nsp_accuracy']:.3f} vs {result['nsp_majority_accuracy']:.3f} "
-                     "always giving the majority answer")
+        notes.append(f"NSP is at chance: accuracy {result['nsp_accuracy']:.3f} vs "
+                     f"{result['nsp_majority_accuracy']:.3f} always giving the majority answer")
     return notes
 
 

@@ -8,7 +8,7 @@ A script's loop reads, in every script:
             for batch in window:
                 with accelerator.accumulate(model):
                     loss = ...
-                    accelerator.backward(loop.watch(loss) * scale)
+                    accelerator.backward(loop.watch(loss) * loop.loss_scale)
                     if accelerator.sync_gradients and loop.clip_and_agree(model):
                         optimizer.step()
                     optimizer.zero_grad()
@@ -132,22 +132,26 @@ class TrainLoop:
     """Counters, triggers and stop flags of one training run (see the module docstring for the loop it serves).
 
     `train_state` is the registered (checkpointed) TrainState; `stats` the interval sums the script adds to;
-    `checkpoint_metadata` goes into each checkpoint's manifest. `timer` may be replaced by a caller measuring
-    time its own way (the benchmarks)."""
+    `checkpoint_metadata` goes into each checkpoint's manifest. `timer_class` may be replaced by a caller
+    measuring time its own way (the benchmarks)."""
 
     def __init__(self, accelerator, run_args, opt_args, train_state, *, steps_per_epoch: int, total_steps: int,
                  num_epochs: int, skip_batches: int, preemption, progress, stats: IntervalSums,
                  checkpoints_dir: Path, checkpoint_metadata: dict[str, Any], resume_step: int | None,
-                 reseed: Sequence = (), timer: IntervalTimer | None = None):
+                 reseed: Sequence = (), timer_class: type[IntervalTimer] | None = None):
         self.accelerator, self.run_args, self.train_state = accelerator, run_args, train_state
         self.gas, self.max_grad_norm = opt_args.gradient_accumulation_steps, opt_args.max_grad_norm
         self.steps_per_epoch, self.total_steps, self.num_epochs = steps_per_epoch, total_steps, num_epochs
         self.batches_per_epoch = steps_per_epoch * self.gas
+        # The scripts divide each window's summed loss by its count over ALL ranks (one weighted mean per update);
+        # DDP/DeepSpeed then average gradients over ranks and accelerate divides each micro-batch's loss by the
+        # accumulation steps. Multiplying by both undoes that second normalisation.
+        self.loss_scale = accelerator.num_processes * self.gas
         self.skip_batches, self.start_epoch = skip_batches, train_state.epoch
         self.preemption, self.progress, self.stats = preemption, progress, stats
         self.checkpoints_dir, self.checkpoint_metadata = checkpoints_dir, checkpoint_metadata
         self.reseed = tuple(reseed)  # objects with set_epoch (the pretraining collator's masks)
-        self.timer = timer or IntervalTimer()
+        self.timer = (timer_class or IntervalTimer)()  # started now: the first interval begins with the loop
         self.stop: str | None = None  # "preempted", "nonfinite" or "early_stopping"
         self.grad_norm = None
         self.last_checkpoint_step = resume_step

@@ -1,3 +1,6 @@
+"""The README.md written into final/: what was trained on what, the headline numbers beside their baselines,
+how to load it."""
+
 from __future__ import annotations
 
 from collections.abc import Sequence

@@ -1,4 +1,6 @@
-"""BertForPreTraining from a BertConfig, and the objective module the loop trains.
+"""The models: BertForPreTraining from a BertConfig and the objective module pretraining trains; for fine-tuning,
+any BERT checkpoint (hub id or local folder, a pretraining run's final/ too) with its task head, the per-example
+losses in fp32, and the parameter counts/diffs block of eval_results.json.
 
 `PretrainingObjective` wraps the Hugging Face model so that DDP/DeepSpeed see one module whose
 forward returns per-example loss SUMS. The loop, not the model, decides the normalisation

@@ -1,3 +1,6 @@
+"""--seeds for the fine-tuning scripts: one complete run per seed in OUTPUT_DIR/seed_N/, then the mean and
+sample standard deviation of each number over the seeds."""
+
 from __future__ import annotations
 
 import json

@@ -1,6 +1,7 @@
-"""Typed options of the fine-tuning scripts: the model to start from, and one dataclass per task.
+"""Typed options of each task: pretraining (model shape, text), fine-tuning (the model to start from) and one
+dataclass per fine-tuning task.
 
-Parsed together with `OptimizationArguments` and `RunArguments` (train/common/args.py) by
+Parsed together with `OptimizationArguments` and `RunArguments` (train/common/config.py) by
 `parse_config`, so `--config train/configs/sst_*.yaml | squad_*.yaml` presets and the command line
 work as for pretraining. Derived values are methods; parsed values are never mutated.
 """

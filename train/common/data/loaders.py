@@ -1,4 +1,9 @@
-"""DataLoaders and accumulation windows shared by the training scripts."""
+"""DataLoaders and accumulation windows shared by the training scripts.
+
+Fine-tuning batches for throughput: `PaddingCollator` pads each batch to its longest sequence (rounded up to a
+multiple of 8); `LengthGroupedSampler` makes training batches of similar length, deterministically per seed and
+epoch; evaluation datasets are sorted by length (`build_eval_dataloader`) and `evaluation.EvalCollector` puts the
+gathered outputs back into the original order."""
 
 from __future__ import annotations
 
