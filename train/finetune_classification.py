@@ -9,7 +9,7 @@ r"""Fine-tune BERT for 5-class sentiment: the Stanford Sentiment Treebank (SST-5
 Sources: --sst_trees_dir (PTB trees), --sst_dir (original release), --train_file/--validation_file/--test_file
 (CSV/JSON, --text_column/--label_column), else the hub --dataset_name. --train_on phrases trains on every
 labelled phrase of the training sentences; evaluation is always on dev/test SENTENCES (and on phrases where the
-source has them). No dev/test sentence ever enters training (train/common/data/sst.py check_no_leakage runs on every run).
+source has them). No dev/test sentence ever enters training (data/sst.py check_no_leakage runs on every run).
 
 Classes 0..4 = very negative, negative, neutral, positive, very positive (SST values [0,.2], (.2,.4], (.4,.6],
 (.6,.8], (.8,1]). The course report numbered them the other way round (0 = very positive ... 4 = very negative):
