@@ -67,7 +67,8 @@ def _within(path: Path, folders: list[Path]) -> bool:
 def _write_error_line(err: BaseException) -> str | None:
     """One line for a failed write: always for a full disk or a read-only filesystem (nothing but a write fails
     so), for the other errnos (EACCES, ENOTDIR, ...) only inside the output folder: elsewhere they may be reads."""
-    from .run_folder import checked_output_dirs, write_error_line, write_failure
+    from .run_folder import checked_output_dirs
+    from .safe_write import write_error_line, write_failure
     folders = checked_output_dirs()
     failure = write_failure(err, folders[-1] if folders else None)
     if failure is None:

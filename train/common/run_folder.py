@@ -1,13 +1,14 @@
-"""The run folder contract: config.yaml, metrics.jsonl, eval_results.json, tensorboard/, final/.
+"""The run folder contract in one place: `RunFolder` names every file and folder a training run writes (its
+class attributes list them), and reads and writes them.
 
 Everything here writes from the main process only, and writes whole files atomically (temporary
-file + rename) so a crash never leaves a half-written JSON or model folder behind.
+file + rename) so a crash never leaves a half-written JSON or model folder behind. What a failed write was
+(a full disk, a read-only filesystem) is worked out in safe_write.py.
 """
 
 from __future__ import annotations
 
 import datetime as _dt
-import errno
 import inspect
 import json
 import math
@@ -19,24 +20,24 @@ import subprocess
 import sys
 import tempfile
 from collections.abc import Iterable
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import yaml
-from transformers import PreTrainedModel
+
+from .safe_write import WRITE_FIXES, naming, write_failure
 
 # Options that change how a run is operated, not what it computes: they may differ on resume.
 OPERATIONAL_KEYS = frozenset({
     "output_dir", "overwrite_output_dir", "resume_from_checkpoint", "logging_steps", "eval_steps",
     "checkpointing_steps", "keep_last_n", "report_to", "dataloader_num_workers", "nan_policy",
     "process_group_timeout", "push_to_hub", "hub_model_id", "hub_private", "peak_tflops",
-    "preprocessing_num_workers", "overwrite_cache", "log_level", "disable_progress_bar", "max_train_steps", "num_train_epochs",
-    "per_device_eval_batch_size", "torch_compile", "early_stopping_patience",
+    "preprocessing_num_workers", "overwrite_cache", "log_level", "disable_progress_bar", "max_train_steps",
+    "num_train_epochs", "per_device_eval_batch_size", "torch_compile", "early_stopping_patience",
     # checked where it matters: the resumed data position must be a whole number of new batches
     "per_device_train_batch_size",
 })
-RUN_FILES = ("config.yaml", "metrics.jsonl", "eval_results.json", "tensorboard", "checkpoints", "final",
-             "tokenizer", "PREEMPTED", "replica_check.json", "predictions.json", "predictions.jsonl", "nbest.json", "null_odds.json")
 _TOKEN_PATTERN = re.compile(r"hf_[A-Za-z0-9]{8,}")
 
 
@@ -44,81 +45,163 @@ class RunFolderError(RuntimeError):
     pass
 
 
+class RunFileError(RunFolderError):
+    """A file that is there but cannot be parsed (malformed JSON or YAML, another top-level type); names it."""
+
+
 class OutputPathError(RunFolderError):
     """--output_dir cannot hold a run: it is a file, lies under a file, or cannot be written."""
 
 
-# What the user can do about a failed write into the run folder, by errno.
-_WRITE_FIXES = {
-    errno.ENOSPC: "free space or choose another --output_dir",
-    errno.EDQUOT: "free space (disk quota) or choose another --output_dir",
-    errno.EROFS: "choose an --output_dir on a writable filesystem",
-    errno.EACCES: "choose another --output_dir or make that one writable",
-    errno.EPERM: "choose another --output_dir or make that one writable",
-    errno.ENOTDIR: "a part of that path is a file, not a folder; choose another --output_dir",
-    errno.EEXIST: "something else is in the way there; remove it or choose another --output_dir",
-    errno.EISDIR: "a folder is in the way there; remove it or choose another --output_dir",
-}
-WRITE_ERRNOS = frozenset(_WRITE_FIXES)
-# The same outside the run folder (a cache, /tmp): only errors that nothing but a write raises get a line there.
-_ELSEWHERE_FIXES = {errno.ENOSPC: "free space there", errno.EDQUOT: "free space there (disk quota)",
-                    errno.EROFS: "that location must be writable"}
+def _part(name: str) -> property:
+    """A RunFolder property: the path of `name` in the folder."""
+    return property(lambda self: self.root / name)
+
+
+@dataclass(frozen=True)
+class RunFolder:
+    """A run folder: the path of each part of the contract (module docstring), and its readers and writers.
+
+    Readers return None for a file that is not there and raise RunFileError naming the file (and the line, for
+    metrics.jsonl) for one that cannot be parsed. `RunFolder.of(x)` takes a RunFolder, a Path or a str: the
+    functions that took `output_dir: Path` take either.
+    """
+
+    root: Path
+
+    CONFIG = "config.yaml"  # task, world_size, the flat options ("config"), distributed, git_sha, versions, command
+    METRICS = "metrics.jsonl"  # one JSON object per line; records with a "split" key are evaluations
+    EVAL_RESULTS = "eval_results.json"  # pretraining: epochs + test; fine-tuning: splits, params, ...; --seeds: seeds
+    PREDICTIONS = "predictions.jsonl"  # classification: one JSON row per evaluated example
+    QA_PREDICTIONS = "predictions.json"  # QA: question id -> answer text (the official SQuAD format)
+    NBEST = "nbest.json"  # QA
+    NULL_ODDS = "null_odds.json"  # QA, SQuAD v2.0
+    EVAL_DATA = "eval_data.json"  # QA: gold SQuAD JSON of the evaluation articles split off the training file
+    TENSORBOARD = "tensorboard"  # event files: the TensorBoard project under accelerate's logging_dir
+    CHECKPOINTS = "checkpoints"  # step_NNNNNN/ (checkpoint.py); best/step_NNNNNN/ with early stopping
+    BEST = "best"
+    STEP_PREFIX = "step_"
+    FINAL = "final"  # save_pretrained export + tokenizer + README.md (model card)
+    TOKENIZER = "tokenizer"  # a WordPiece trained by the pretraining run
+    PREEMPTED = "PREEMPTED"  # marker for the SLURM job to requeue (preemption.py)
+    REPLICA_CHECK = "replica_check.json"  # data-parallel runs: replica parameter fingerprints
+    SEED_PREFIX = "seed_"  # --seeds: one run folder per seed, seed_N/ (seeds.py)
+    PIPELINE_RECORD = "pipeline_commands.json"  # launch/pipeline.py: the commands that made a stage's folder
+    PARAMS_DIFF = "params_diff.json"  # placed by hand for analysis.report: `python -m analysis.params A B --json`
+    # What a run writes: --overwrite_output_dir removes these, and nothing else, before it starts.
+    RUN_FILES = (CONFIG, METRICS, EVAL_RESULTS, TENSORBOARD, CHECKPOINTS, FINAL, TOKENIZER, PREEMPTED, REPLICA_CHECK,
+                 QA_PREDICTIONS, PREDICTIONS, NBEST, NULL_ODDS)
+
+    @classmethod
+    def of(cls, where: RunFolder | Path | str) -> RunFolder:
+        return where if isinstance(where, RunFolder) else cls(Path(where))
+
+    def __str__(self) -> str:
+        return str(self.root)
+
+    config_file = _part(CONFIG)
+    metrics_file = _part(METRICS)
+    eval_results_file = _part(EVAL_RESULTS)
+    predictions_file = _part(PREDICTIONS)
+    qa_predictions_file = _part(QA_PREDICTIONS)
+    nbest_file = _part(NBEST)
+    null_odds_file = _part(NULL_ODDS)
+    eval_data_file = _part(EVAL_DATA)
+    tensorboard_dir = _part(TENSORBOARD)
+    checkpoints_dir = _part(CHECKPOINTS)
+    best_checkpoints_dir = _part(f"{CHECKPOINTS}/{BEST}")
+    final_dir = _part(FINAL)
+    tokenizer_dir = _part(TOKENIZER)
+    preempted_marker = _part(PREEMPTED)
+    replica_check_file = _part(REPLICA_CHECK)
+    pipeline_record = _part(PIPELINE_RECORD)
+    params_diff_file = _part(PARAMS_DIFF)
+
+    @staticmethod
+    def checkpoint_name(step: int) -> str:
+        return f"{RunFolder.STEP_PREFIX}{step:06d}"
+
+    def checkpoint(self, step: int) -> Path:
+        return self.checkpoints_dir / self.checkpoint_name(step)
+
+    @staticmethod
+    def seed_folder_name(seed: int) -> str:
+        return f"{RunFolder.SEED_PREFIX}{seed}"
+
+    def seed_run(self, seed: int) -> RunFolder:
+        """The run folder of one seed of a --seeds run."""
+        return RunFolder(self.root / self.seed_folder_name(seed))
+
+    def run_files(self) -> list[Path]:
+        return [self.root / name for name in self.RUN_FILES]
+
+    def read_config(self) -> dict[str, Any] | None:
+        """config.yaml as a mapping ({} for an empty file)."""
+        path = self.config_file
+        if not path.is_file():
+            return None
+        try:
+            config = yaml.safe_load(_read_text(path))
+        except yaml.YAMLError as exc:
+            raise RunFileError(f"{path}: malformed YAML: {exc}") from exc
+        if config is not None and not isinstance(config, dict):
+            raise RunFileError(f"{path}: expected a mapping at the top level")
+        return config or {}
+
+    def read_metrics(self) -> list[dict[str, Any]] | None:
+        """The records of metrics.jsonl in file order (blank lines skipped)."""
+        return read_jsonl(self.metrics_file) if self.metrics_file.is_file() else None
+
+    def read_eval_results(self) -> dict[str, Any] | None:
+        path = self.eval_results_file
+        if not path.is_file():
+            return None
+        results = read_json(path)
+        if not isinstance(results, dict):
+            raise RunFileError(f"{path}: expected a JSON object")
+        return results
+
+    def write_eval_results(self, results: dict[str, Any]) -> None:
+        write_json_atomic(self.eval_results_file, results)
+
+
+RUN_FILES = RunFolder.RUN_FILES
+
+
+def _read_text(path: Path) -> str:
+    try:
+        return path.read_text()
+    except (OSError, UnicodeDecodeError) as exc:
+        raise RunFolderError(f"{path}: cannot read: {exc}") from exc
+
+
+def read_json(path: Path) -> Any:
+    """A JSON file; RunFileError naming it (line, column) when malformed, RunFolderError when unreadable."""
+    try:
+        return json.loads(_read_text(path))
+    except json.JSONDecodeError as exc:
+        raise RunFileError(f"{path}: malformed JSON (line {exc.lineno}, column {exc.colno}): {exc.msg}") from exc
+
+
+def read_jsonl(path: Path) -> list[dict[str, Any]]:
+    """One JSON object per line; blank lines are skipped. RunFileError names the file and the line."""
+    records = []
+    for lineno, line in enumerate(_read_text(path).splitlines(), start=1):
+        if not line.strip():
+            continue
+        try:
+            record = json.loads(line)
+        except json.JSONDecodeError as exc:
+            raise RunFileError(f"{path}:{lineno}: malformed JSON line: {exc.msg}") from exc
+        if not isinstance(record, dict):
+            raise RunFileError(f"{path}:{lineno}: expected a JSON object, got {type(record).__name__}")
+        records.append(record)
+    return records
+
+
 # The output folders this process checked, with the nearest folder that existed then (None: it existed itself).
 # run_main removes those it made, while still empty, when a run fails: a failed start leaves nothing behind.
 _checked_output_dirs: dict[Path, Path | None] = {}
-
-
-def write_error_line(err: OSError, fallback: Path | None = None, in_run_folder: bool = True) -> str:
-    """"cannot write PATH: REASON; FIX" for an OSError of WRITE_ERRNOS."""
-    where = err.filename or (f"under {fallback}" if fallback else "a file")
-    fix = _WRITE_FIXES[err.errno] if in_run_folder else _ELSEWHERE_FIXES[err.errno]
-    return f"cannot write {where}: {err.strerror or os.strerror(err.errno)}; {fix}"
-
-
-def _named(err: OSError, path: Path) -> OSError:
-    """The same error naming `path`: a failed f.write() does not say which file it was writing."""
-    if err.filename is not None and not str(err.filename).endswith(".tmp"):
-        return err
-    named = OSError(err.errno, err.strerror, str(path))  # OSError(errno, ...) picks the subclass (PermissionError...)
-    named.__cause__ = err
-    return named
-
-
-# Writers that fail without an OSError: safetensors ("... No space left on device (os error 28)") and torch.save,
-# whose RuntimeError ("[enforce fail at inline_container.cc:672] . unexpected pos ...") does not say why.
-_OS_ERROR_CODE = re.compile(r"\(os error (\d+)\)")
-_TORCH_WRITER = ("inline_container.cc", "PytorchStreamWriter failed", "iostream error")
-_NEARLY_FULL_BYTES = 64 << 20
-
-
-def _free_bytes(path: Path) -> int | None:
-    while not os.path.exists(path) and path != path.parent:
-        path = path.parent
-    try:
-        st = os.statvfs(path)
-    except OSError:
-        return None
-    return st.f_bavail * st.f_frsize
-
-
-def write_failure(err: BaseException, where: Path | None) -> OSError | None:
-    """The OSError (of WRITE_ERRNOS) behind a failed write under `where` (the run folder, if known), also when the
-    writer raised something else (then without a file name); None when it is not one."""
-    seen: set[int] = set()
-    while err is not None and id(err) not in seen:
-        seen.add(id(err))
-        if isinstance(err, OSError) and err.errno in WRITE_ERRNOS:
-            return err
-        text = str(err)
-        code = _OS_ERROR_CODE.search(text)
-        if code and int(code.group(1)) in WRITE_ERRNOS:
-            return OSError(int(code.group(1)), os.strerror(int(code.group(1))))
-        if where is not None and any(mark in text for mark in _TORCH_WRITER):
-            free = _free_bytes(where)
-            if free is not None and free < _NEARLY_FULL_BYTES:  # torch.save does not say why; a full disk does
-                return OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
-        err = err.__cause__ or err.__context__
-    return None
 
 
 def check_output_path(output_dir: Path) -> None:
@@ -138,7 +221,7 @@ def check_output_path(output_dir: Path) -> None:
         os.close(fd)
         os.unlink(probe)
     except OSError as err:
-        fix = _WRITE_FIXES.get(err.errno, "choose another --output_dir")
+        fix = WRITE_FIXES.get(err.errno, "choose another --output_dir")
         raise OutputPathError(f"--output_dir {output_dir}: cannot write in {existing}: {err.strerror}; "
                               f"{fix}") from None
     _checked_output_dirs.setdefault(output_dir, None if existing == output_dir else existing)
@@ -156,7 +239,8 @@ def discard_failed_writes() -> None:
     """After a run failed: remove the temporary folders of a checkpoint or final/ export that did not finish (they
     are never taken as complete, but fill the disk), then the output folders this run made and left empty."""
     for output_dir, existed_above in _checked_output_dirs.items():
-        for tmp in [*output_dir.glob("checkpoints/.tmp-*"), *output_dir.glob(".tmp-*"), *output_dir.glob(".*.tmp")]:
+        checkpoints = RunFolder(output_dir).checkpoints_dir
+        for tmp in [*checkpoints.glob(".tmp-*"), *output_dir.glob(".tmp-*"), *output_dir.glob(".*.tmp")]:
             if tmp.is_dir():
                 shutil.rmtree(tmp, ignore_errors=True)
             else:
@@ -183,7 +267,7 @@ def write_text_atomic(path: Path, text: str) -> None:
         os.replace(tmp, path)
     except OSError as err:
         tmp.unlink(missing_ok=True)  # the previous file is untouched; a half-written copy would only fill the disk
-        raise _named(err, path) from None
+        raise naming(err, path) from None
 
 
 def write_json_atomic(path: Path, obj: Any) -> None:
@@ -222,20 +306,22 @@ def package_versions() -> dict[str, str]:
     return versions
 
 
-def check_output_dir(output_dir: Path, flat_config: dict[str, Any], resume: str | None, overwrite: bool) -> None:
+def check_output_dir(output_dir: Path | RunFolder, flat_config: dict[str, Any], resume: str | None,
+                     overwrite: bool) -> None:
     """Refuse to mix two different runs in one folder; runs on every rank before anything is written."""
+    folder = RunFolder.of(output_dir)
+    output_dir = folder.root
     check_output_path(output_dir)
-    config_file = output_dir / "config.yaml"
-    if not config_file.is_file() or overwrite:
+    if not folder.config_file.is_file() or overwrite:
         return
     if resume is None:
-        raise RunFolderError(f"{output_dir} already holds a run (config.yaml). Continue it with "
+        raise RunFolderError(f"{output_dir} already holds a run ({folder.CONFIG}). Continue it with "
                              "--resume_from_checkpoint latest, choose another --output_dir, or pass "
                              "--overwrite_output_dir to replace it")
     try:
-        previous = (yaml.safe_load(config_file.read_text()) or {}).get("config", {})
-    except yaml.YAMLError as err:
-        raise RunFolderError(f"{config_file}: unreadable ({err}); pass --overwrite_output_dir to replace the run")
+        previous = (folder.read_config() or {}).get("config", {})
+    except RunFileError as err:
+        raise RunFolderError(f"{err}; pass --overwrite_output_dir to replace the run") from None
     diffs = {k: (previous.get(k), v) for k, v in flat_config.items()
              if k not in OPERATIONAL_KEYS and k in previous and previous.get(k) != v}
     diffs.update({k: (previous[k], None) for k in previous if k not in flat_config and k not in OPERATIONAL_KEYS})
@@ -245,16 +331,15 @@ def check_output_dir(output_dir: Path, flat_config: dict[str, Any], resume: str 
                              "with the same options, choose another --output_dir, or pass --overwrite_output_dir")
 
 
-def clear_run_files(output_dir: Path) -> None:
-    for name in RUN_FILES:
-        path = output_dir / name
+def clear_run_files(output_dir: Path | RunFolder) -> None:
+    for path in RunFolder.of(output_dir).run_files():
         if path.is_dir():
             shutil.rmtree(path)
         elif path.exists():
             path.unlink()
 
 
-def write_run_config(output_dir: Path, task: str, flat_config: dict[str, Any], distributed: dict[str, Any],
+def write_run_config(output_dir: Path | RunFolder, task: str, flat_config: dict[str, Any], distributed: dict[str, Any],
                      extra: dict[str, Any] | None = None) -> None:
     record = {
         "task": task,
@@ -267,7 +352,7 @@ def write_run_config(output_dir: Path, task: str, flat_config: dict[str, Any], d
         "written_at": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
         **(extra or {}),
     }
-    write_text_atomic(output_dir / "config.yaml", redact(yaml.safe_dump(record, sort_keys=False)))
+    write_text_atomic(RunFolder.of(output_dir).config_file, redact(yaml.safe_dump(record, sort_keys=False)))
 
 
 def _finite_or_none(value: Any) -> Any:
@@ -283,9 +368,9 @@ class MetricsLogger:
     purge them, so a run that was interrupted reads like one that was not.
     """
 
-    def __init__(self, accelerator, output_dir: Path, resume_step: int | None):
+    def __init__(self, accelerator, output_dir: Path | RunFolder, resume_step: int | None):
         self.accelerator = accelerator
-        self.path = output_dir / "metrics.jsonl"
+        self.path = RunFolder.of(output_dir).metrics_file
         if accelerator.is_main_process:
             kept = []
             if resume_step is not None and self.path.is_file():
@@ -310,22 +395,22 @@ class MetricsLogger:
                 os.truncate(self.path, size)  # no torn last line: the earlier lines stay as they were
             except OSError:
                 pass
-            raise _named(err, self.path) from None
+            raise naming(err, self.path) from None
         scalars = {f"{prefix}/{k}": v for k, v in record.items()
                    if k not in ("step", "epoch", "split") and isinstance(v, (int, float)) and v is not None}
         if scalars:
             self.accelerator.log(scalars, step=record["step"])
 
 
-def load_eval_results(output_dir: Path, resume_step: int | None, task: str) -> dict[str, Any]:
-    path = output_dir / "eval_results.json"
+def load_eval_results(output_dir: Path | RunFolder, resume_step: int | None, task: str) -> dict[str, Any]:
+    """A fresh eval_results record; on resume with the epochs evaluated up to the resumed step."""
     results: dict[str, Any] = {"task": task, "epochs": [], "test": None}
-    if resume_step is not None and path.is_file():
+    if resume_step is not None:
         try:
-            previous = json.loads(path.read_text())
-            results["epochs"] = [e for e in previous.get("epochs", []) if e.get("step", 0) <= resume_step]
-        except json.JSONDecodeError:
-            pass  # rebuilt from the evaluations still to come
+            previous = RunFolder.of(output_dir).read_eval_results() or {}
+        except RunFileError:
+            previous = {}  # rebuilt from the evaluations still to come
+        results["epochs"] = [e for e in previous.get("epochs", []) if e.get("step", 0) <= resume_step]
     return results
 
 
@@ -335,10 +420,13 @@ def strip_wrapper_prefix(state_dict: dict[str, Any], prefix: str = "model.") -> 
     return state_dict
 
 
-# transformers >= 5 may "revert" to legacy key names on save (LayerNorm.gamma/beta, seen after a ZeRO-3 load):
-# every reader then needs the renaming table. Save the names the model has now.
-CURRENT_KEY_NAMES = ({"save_original_format": False}
-                     if "save_original_format" in inspect.signature(PreTrainedModel.save_pretrained).parameters else {})
+def current_key_names() -> dict[str, bool]:
+    """transformers >= 5 may "revert" to legacy key names on save (LayerNorm.gamma/beta, seen after a ZeRO-3 load):
+    every reader then needs the renaming table. Save the names the model has now. (Imported here: reading a run
+    folder needs no transformers.)"""
+    from transformers import PreTrainedModel
+    return {"save_original_format": False} if "save_original_format" in inspect.signature(
+        PreTrainedModel.save_pretrained).parameters else {}
 
 
 def export_final_model(accelerator, model, hf_model, tokenizer, final_dir: Path, model_card: str,
@@ -352,7 +440,8 @@ def export_final_model(accelerator, model, hf_model, tokenizer, final_dir: Path,
         tmp = final_dir.with_name(f".tmp-{final_dir.name}")
         shutil.rmtree(tmp, ignore_errors=True)
         try:
-            hf_model.save_pretrained(str(tmp), state_dict=state_dict, safe_serialization=True, **CURRENT_KEY_NAMES)
+            hf_model.save_pretrained(str(tmp), state_dict=state_dict, safe_serialization=True,
+                                **current_key_names())
             if tokenizer is not None:
                 tokenizer.save_pretrained(str(tmp))
             write_text_atomic(tmp / "README.md", redact(model_card))
@@ -363,7 +452,7 @@ def export_final_model(accelerator, model, hf_model, tokenizer, final_dir: Path,
             shutil.rmtree(tmp, ignore_errors=True)  # a half export is never final/; the previous final/ stays
             if failure is None:
                 raise
-            raise (failure if failure.filename else _named(failure, final_dir)) from err
+            raise (failure if failure.filename else naming(failure, final_dir)) from err
         if final_dir.exists():
             shutil.rmtree(final_dir)
         os.replace(tmp, final_dir)
