@@ -23,11 +23,13 @@ from typing import Any
 from accelerate.logging import get_logger
 
 from .distributed import is_deepspeed
+from .run_folder import RunFolder
 
 logger = get_logger(__name__)
 
 MANIFEST = "checkpoint.json"
-STEP_PREFIX = "step_"
+STEP_PREFIX = RunFolder.STEP_PREFIX
+checkpoint_name = RunFolder.checkpoint_name  # step_NNNNNN
 
 
 class CheckpointError(RuntimeError):
@@ -73,10 +75,6 @@ class TrainState:
                 f"{self.per_device_batch_size}); that is not a whole number of batches of {world_size} x "
                 f"{per_device_batch_size}; resume with {self.world_size} processes or a compatible batch size")
         return consumed // per_batch
-
-
-def checkpoint_name(step: int) -> str:
-    return f"{STEP_PREFIX}{step:06d}"
 
 
 def _manifest_files(folder: Path) -> dict[str, int]:
@@ -149,11 +147,11 @@ def validate_checkpoint(folder: Path) -> dict[str, Any]:
     return manifest
 
 
-def resume_candidates(output_dir: Path, spec: str) -> list[Path]:
+def resume_candidates(output_dir: Path | RunFolder, spec: str) -> list[Path]:
     """Checkpoints to try in order for --resume_from_checkpoint SPEC ('latest' or a path)."""
     if spec == "latest":
         candidates = []
-        for folder in list_checkpoints(output_dir / "checkpoints"):
+        for folder in list_checkpoints(RunFolder.of(output_dir).checkpoints_dir):
             try:
                 validate_checkpoint(folder)
                 candidates.append(folder)
@@ -186,8 +184,8 @@ def load_checkpoint(accelerator, folder: Path) -> None:
     accelerator.load_state(str(folder))
 
 
-def latest_complete_step(output_dir: Path) -> int | None:
-    for folder in list_checkpoints(output_dir / "checkpoints"):
+def latest_complete_step(output_dir: Path | RunFolder) -> int | None:
+    for folder in list_checkpoints(RunFolder.of(output_dir).checkpoints_dir):
         try:
             return validate_checkpoint(folder)["step"]
         except CheckpointError:
@@ -195,7 +193,7 @@ def latest_complete_step(output_dir: Path) -> int | None:
     return None
 
 
-def resume_from_checkpoint(accelerator, run_args, output_dir: Path, train_state,
+def resume_from_checkpoint(accelerator, run_args, output_dir: Path | RunFolder, train_state,
                            model_signature: dict) -> int | None:
     """Load the requested checkpoint; returns its step, or None for a fresh start.
 
@@ -206,12 +204,13 @@ def resume_from_checkpoint(accelerator, run_args, output_dir: Path, train_state,
     spec = run_args.resume_from_checkpoint
     if not spec:
         return None
+    checkpoints = RunFolder.of(output_dir).checkpoints_dir
     candidates = resume_candidates(output_dir, spec)
     if not candidates:
-        if spec == "latest" and not any((output_dir / "checkpoints").glob("step_*")):
+        if spec == "latest" and not any(checkpoints.glob(f"{STEP_PREFIX}*")):
             logger.info("no checkpoint yet: starting from scratch", main_process_only=True)
             return None
-        raise CheckpointError(f"{output_dir / 'checkpoints'}: no complete checkpoint could be used; remove the "
+        raise CheckpointError(f"{checkpoints}: no complete checkpoint could be used; remove the "
                               "damaged ones or pass --overwrite_output_dir to start again")
     errors = []
     for folder in candidates:
@@ -229,7 +228,7 @@ def resume_from_checkpoint(accelerator, run_args, output_dir: Path, train_state,
         logger.info(f"resumed from {folder} (step {train_state.step}, epoch {train_state.epoch}, "
                     f"{train_state.batches_in_epoch} batches into it)", main_process_only=True)
         return train_state.step
-    raise CheckpointError(f"none of the checkpoints {errors} in {output_dir / 'checkpoints'} could be loaded; "
+    raise CheckpointError(f"none of the checkpoints {errors} in {checkpoints} could be loaded; "
                           "remove them or pass --overwrite_output_dir to start again")
 
 

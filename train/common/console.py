@@ -14,6 +14,8 @@ import sys
 import time
 from typing import Any
 
+from .run_folder import RunFolder
+
 OUR_LOGGERS = ("__main__", "train", "analysis", "launch")
 LIBRARY_LOGGERS = ("accelerate", "transformers", "datasets", "huggingface_hub", "DeepSpeed", "deepspeed",
                    "torch", "urllib3", "filelock", "fsspec", "tensorboard", "matplotlib", "PIL")
@@ -175,6 +177,7 @@ def print_summary(title: str, clock: RunClock, metrics: dict[str, Any], paths: d
             lines.append(f"  {name:<26} {path}")
     for note in notes or []:
         lines.append(f"  note: {note}")
-    if (output_dir / "tensorboard").is_dir():
-        lines.append(f"  {'curves':<26} tensorboard --logdir {output_dir}")
+    folder = RunFolder.of(output_dir)
+    if folder.tensorboard_dir.is_dir():
+        lines.append(f"  {'curves':<26} tensorboard --logdir {folder.root}")
     print("\n".join(lines), file=sys.stderr, flush=True)

@@ -20,7 +20,7 @@ from accelerate.utils import DistributedType, GradientAccumulationPlugin, Projec
 
 from .config import ConfigError
 from .preemption import clear_marker
-from .run_folder import check_output_dir, clear_run_files
+from .run_folder import RunFolder, check_output_dir, clear_run_files, write_json_atomic
 
 
 class LaunchError(RuntimeError):
@@ -144,22 +144,23 @@ def output_path(run_args) -> Path:
     return Path(run_args.output_dir).expanduser().resolve()
 
 
-def start_run(run_args, opt_args, config: dict, do_train: bool, marker_dir: Path | None = None):
+def start_run(run_args, opt_args, config: dict, do_train: bool, marker_dir: Path | RunFolder | None = None):
     """Check the output folder (before anything is written), build the accelerator, seed, prepare the folder.
-    Returns (accelerator, output_dir). `marker_dir` holds PREEMPTED (default: the output folder)."""
-    output_dir = output_path(run_args)
+    Returns (accelerator, output_dir: Path); `RunFolder(output_dir)` names its parts. `marker_dir` holds
+    PREEMPTED (default: the output folder)."""
+    folder = RunFolder(output_path(run_args))
     if not do_train and run_args.resume_from_checkpoint:
         raise ConfigError("--do_train false evaluates --model_name_or_path; it does not resume checkpoints")
-    check_output_dir(output_dir, config, run_args.resume_from_checkpoint, run_args.overwrite_output_dir)
+    check_output_dir(folder, config, run_args.resume_from_checkpoint, run_args.overwrite_output_dir)
     accelerator = build_accelerator(run_args, opt_args.gradient_accumulation_steps, opt_args.max_grad_norm)
     set_seed(run_args.seed)
     if accelerator.is_main_process:
         if run_args.overwrite_output_dir:
-            clear_run_files(output_dir)
-        output_dir.mkdir(parents=True, exist_ok=True)
-        clear_marker(marker_dir or output_dir)
+            clear_run_files(folder)
+        folder.root.mkdir(parents=True, exist_ok=True)
+        clear_marker(marker_dir or folder)
     accelerator.wait_for_everyone()
-    return accelerator, output_dir
+    return accelerator, folder.root
 
 
 def agree_on_flags(accelerator: Accelerator, local_nonfinite: torch.Tensor, grad_norm, preemption) -> tuple[bool, bool]:
@@ -183,7 +184,7 @@ def parameter_fingerprint(model: torch.nn.Module) -> str:
     return digest.hexdigest()
 
 
-def check_replicas_in_sync(accelerator: Accelerator, model: torch.nn.Module, output_dir: Path) -> None:
+def check_replicas_in_sync(accelerator: Accelerator, model: torch.nn.Module, output_dir: Path | RunFolder) -> None:
     """Data-parallel replicas must end bit-identical; a silent divergence (ranks that trained on
     their own) is caught here and recorded in OUTPUT_DIR/replica_check.json. ZeRO shards
     parameters across ranks, so there is nothing to compare there."""
@@ -193,7 +194,7 @@ def check_replicas_in_sync(accelerator: Accelerator, model: torch.nn.Module, out
     fingerprints = gather_object([parameter_fingerprint(accelerator.unwrap_model(model))])
     in_sync = len(set(fingerprints)) == 1
     if accelerator.is_main_process:
-        from .run_folder import write_json_atomic
-        write_json_atomic(output_dir / "replica_check.json", {"fingerprints": fingerprints, "in_sync": in_sync})
+        write_json_atomic(RunFolder.of(output_dir).replica_check_file,
+                          {"fingerprints": fingerprints, "in_sync": in_sync})
     if not in_sync:
         raise LaunchError(f"data-parallel replicas diverged: parameter fingerprints {fingerprints}")

@@ -43,7 +43,7 @@ from .checkpoint import save_checkpoint
 from .data.loaders import TrainingDataError, accumulation_windows, step_seed
 from .distributed import agree_on_flags, is_deepspeed
 from .preemption import write_marker
-from .run_folder import MetricsLogger, load_eval_results
+from .run_folder import MetricsLogger, RunFolder, load_eval_results
 from .throughput import IntervalTimer
 
 logger = get_logger(__name__)
@@ -117,14 +117,15 @@ def rounded_epoch(epoch: int, batches_in_epoch: int, batches_per_epoch: int) -> 
     return round(epoch + batches_in_epoch / max(batches_per_epoch, 1), 4)
 
 
-def start_logging(accelerator, run_args, output_dir: Path, resume_step: int | None, task: str):
+def start_logging(accelerator, run_args, output_dir: Path | RunFolder, resume_step: int | None, task: str):
     """(MetricsLogger, eval_results so far): on resume both keep only what the resumed step had written."""
     metrics = MetricsLogger(accelerator, output_dir, resume_step)
     eval_results = load_eval_results(output_dir, resume_step, task)
     eval_results.pop("test", None)
     if run_args.report_to == "tensorboard":
         purge = {"tensorboard": {"purge_step": resume_step + 1}} if resume_step is not None else None
-        accelerator.init_trackers("tensorboard", init_kwargs=purge)
+        # the project name is the folder under accelerate's logging_dir (the run folder) that holds the events
+        accelerator.init_trackers(RunFolder.TENSORBOARD, init_kwargs=purge)
     return metrics, eval_results
 
 
@@ -293,7 +294,7 @@ class TrainLoop:
         if folder is None:
             self.last_checkpoint_step = self.train_state.step
 
-    def finish_stopped(self, marker_dir: Path) -> int:
+    def finish_stopped(self, marker_dir: Path | RunFolder) -> int:
         """After the checkpoint of a preempted stop (exit 0, PREEMPTED marker for a SLURM job to requeue) or a
         non-finite one (exit 3)."""
         self.progress.close()

@@ -27,7 +27,9 @@ import sys
 import threading
 from pathlib import Path
 
-MARKER = "PREEMPTED"
+from .run_folder import RunFolder, write_json_atomic
+
+MARKER = RunFolder.PREEMPTED
 PR_SET_PDEATHSIG = 1  # <linux/prctl.h>
 # argv[0..2] of the processes that start training processes: accelerate's CLI (console script or -m) and
 # the torch elastic agent it runs for multi-process launches (torchrun / -m torch.distributed.run).
@@ -138,21 +140,20 @@ def _die_with_launcher() -> bool:
     return True
 
 
-def write_marker(output_dir: Path, step: int, signal_name: str) -> None:
+def write_marker(output_dir: Path | RunFolder, step: int, signal_name: str) -> None:
     """The batch script requeues the job when it finds this file after the step ends."""
-    from .run_folder import write_json_atomic
-    write_json_atomic(output_dir / MARKER, {
+    write_json_atomic(RunFolder.of(output_dir).preempted_marker, {
         "step": step, "signal": signal_name, "slurm_job_id": os.environ.get("SLURM_JOB_ID"),
         "time": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds")})
 
 
-def clear_marker(output_dir: Path) -> None:
+def clear_marker(output_dir: Path | RunFolder) -> None:
     try:
-        (output_dir / MARKER).unlink()
+        RunFolder.of(output_dir).preempted_marker.unlink()
     except FileNotFoundError:
         pass
 
 
-def read_marker(output_dir: Path) -> dict | None:
-    path = output_dir / MARKER
+def read_marker(output_dir: Path | RunFolder) -> dict | None:
+    path = RunFolder.of(output_dir).preempted_marker
     return json.loads(path.read_text()) if path.is_file() else None

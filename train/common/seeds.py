@@ -3,20 +3,13 @@ sample standard deviation of each number over the seeds."""
 
 from __future__ import annotations
 
-import json
 import os
 from collections.abc import Callable, Sequence
 from dataclasses import replace
 
 from .config import ConfigError, flat_config
 from .distributed import output_path
-from .run_folder import (
-    check_output_dir,
-    clear_run_files,
-    numeric_summary,
-    write_json_atomic,
-    write_run_config,
-)
+from .run_folder import RunFolder, check_output_dir, clear_run_files, numeric_summary, write_run_config
 
 
 def run_seeds(run_one: Callable, task_args: tuple, run_args, preemption, seeds: Sequence[int], task: str,
@@ -27,8 +20,9 @@ def run_seeds(run_one: Callable, task_args: tuple, run_args, preemption, seeds: 
     With --resume_from_checkpoint latest, finished seeds are reused and an interrupted one resumes in its folder.
     A preempted seed leaves OUTPUT_DIR/PREEMPTED (where the SLURM job looks) and ends the run with exit code 0."""
     output_dir = output_path(run_args)
+    folder = RunFolder(output_dir)
     config = flat_config(*task_args, run_args)
-    check_output_dir(output_dir, config, run_args.resume_from_checkpoint, run_args.overwrite_output_dir)
+    check_output_dir(folder, config, run_args.resume_from_checkpoint, run_args.overwrite_output_dir)
     if run_args.resume_from_checkpoint not in (None, "latest"):
         raise ConfigError("--seeds resumes every seed from its own folder: use --resume_from_checkpoint latest")
     if run_args.push_to_hub:
@@ -37,24 +31,22 @@ def run_seeds(run_one: Callable, task_args: tuple, run_args, preemption, seeds: 
     is_main = int(os.environ.get("RANK", "0")) == 0  # no accelerator exists between the seeds' runs
     if is_main:
         if run_args.overwrite_output_dir:
-            clear_run_files(output_dir)
-        write_run_config(output_dir, task, config, {"num_processes": int(os.environ.get("WORLD_SIZE", "1"))},
-                         extra={"seeds": list(seeds), "seed_folders": [f"seed_{s}" for s in seeds]})
+            clear_run_files(folder)
+        write_run_config(folder, task, config, {"num_processes": int(os.environ.get("WORLD_SIZE", "1"))},
+                         extra={"seeds": list(seeds), "seed_folders": [folder.seed_folder_name(s) for s in seeds]})
     runs, first = [], None
     for seed in seeds:
-        seed_dir = output_dir / f"seed_{seed}"
-        done = seed_dir / "eval_results.json"
-        results = json.loads(done.read_text()) if run_args.resume_from_checkpoint and done.is_file() else {}
+        seed_run = folder.seed_run(seed)
+        results = (seed_run.read_eval_results() or {}) if run_args.resume_from_checkpoint else {}
         if not results.get("completed"):
-            code, results = run_one(*task_args, replace(run_args, seed=seed, output_dir=str(seed_dir)), preemption,
-                                    output_dir)
+            code, results = run_one(*task_args, replace(run_args, seed=seed, output_dir=str(seed_run.root)),
+                                    preemption, output_dir)
             if results is None:
                 return code  # preempted (0) or stopped on a non-finite loss (3)
-        runs.append({"seed": seed, "output_dir": seed_dir.name, **summarize(results)})
+        runs.append({"seed": seed, "output_dir": seed_run.root.name, **summarize(results)})
         first = first or results
     if is_main:
-        write_json_atomic(output_dir / "eval_results.json", {"task": task, "seeds": aggregate_seeds(runs),
-                                                             **shared(first)})
+        folder.write_eval_results({"task": task, "seeds": aggregate_seeds(runs), **shared(first)})
     return 0
 
 

@@ -9,13 +9,15 @@ from pathlib import Path
 
 from datasets.fingerprint import Hasher
 
+from ..run_folder import RunFolder
 from ..tokenizer import load_tokenizer, train_wordpiece
 from .pretraining import Corpus, iter_document_text
+
 # Bump when train_wordpiece's settings change, so vocabularies trained the old way are not reused.
 TOKENIZER_TRAINING_VERSION = 1
 
 
-def obtain_tokenizer(data_args, corpus: Corpus, output_dir: Path, is_main_process: bool):
+def obtain_tokenizer(data_args, corpus: Corpus, output_dir: Path | RunFolder, is_main_process: bool):
     """--train_tokenizer N: the main process trains on the training split and saves to
     OUTPUT_DIR/tokenizer (other ranks, entering after it, and resumed runs load that copy).
     Otherwise --tokenizer_name (hub id or local folder).
@@ -26,7 +28,7 @@ def obtain_tokenizer(data_args, corpus: Corpus, output_dir: Path, is_main_proces
     vocabulary, instances and numbers on this machine."""
     if data_args.train_tokenizer is None:
         return load_tokenizer(data_args.tokenizer_name)
-    saved = output_dir / "tokenizer"
+    saved = RunFolder.of(output_dir).tokenizer_dir
     if (saved / "tokenizer.json").is_file():
         tokenizer = load_tokenizer(str(saved))
         if len(tokenizer) <= data_args.train_tokenizer:
