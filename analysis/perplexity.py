@@ -41,6 +41,7 @@ from train.common.data.masking import IndexedDataset, PretrainingCollator, max_p
 from train.common.data.pretraining import DataError, InstanceSettings, build_instances, ranges_dataset
 from train.common.evaluation import evaluate_pretraining
 from train.common.models import PretrainingObjective
+from train.common.run_folder import RunFolder
 
 DEFAULTS = {"max_seq_length": 128, "short_seq_prob": 0.1, "nsp": True, "mlm_probability": 0.15,
             "whole_word_masking": False, "eval_mask_seed": 0, "document_boundary": "auto"}
@@ -53,11 +54,8 @@ class PerplexityError(ValueError):
 def run_settings(model_dir: Path, overrides: dict[str, Any]) -> dict[str, Any]:
     """Data settings: defaults < the training run's config.yaml (if MODEL is RUN/final) < flags."""
     settings = dict(DEFAULTS)
-    config_file = model_dir.parent / "config.yaml"
-    if config_file.is_file():
-        import yaml
-        run_config = (yaml.safe_load(config_file.read_text()) or {}).get("config", {})
-        settings.update({k: run_config[k] for k in DEFAULTS if k in run_config})
+    run_config = (RunFolder(model_dir.parent).read_config() or {}).get("config", {})
+    settings.update({k: run_config[k] for k in DEFAULTS if k in run_config})
     settings.update({k: v for k, v in overrides.items() if v is not None})
     return settings
 

@@ -40,16 +40,15 @@ exit with status 1 when any WARNING or BUG is raised.
 from __future__ import annotations
 
 import argparse
-import json
 import math
 import re
 import sys
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 
-import yaml
-
 from analysis import plots
+from train.common.run_folder import RunFolder, RunFolderError, read_json
 
 TASKS = ("pretraining", "classification", "qa")
 
@@ -162,35 +161,18 @@ def _list(value) -> list:
 # ----------------------------------------------------------------------------- loading
 
 
+@contextmanager
+def _reading():
+    """The run folder's readers name the file (and line) they cannot parse: that message, as a ReportError."""
+    try:
+        yield
+    except RunFolderError as exc:
+        raise ReportError(str(exc)) from exc
+
+
 def _read_json(path: Path):
-    try:
-        return json.loads(path.read_text())
-    except json.JSONDecodeError as exc:
-        raise ReportError(f"{path}: malformed JSON (line {exc.lineno}, column {exc.colno}): "
-                          f"{exc.msg}") from exc
-    except (OSError, UnicodeDecodeError) as exc:
-        raise ReportError(f"{path}: cannot read: {exc}") from exc
-
-
-def read_metrics(path) -> list[dict]:
-    """Parse metrics.jsonl; blank lines are skipped, every other line must be a JSON object."""
-    path = Path(path)
-    try:
-        lines = path.read_text().splitlines()
-    except (OSError, UnicodeDecodeError) as exc:
-        raise ReportError(f"{path}: cannot read: {exc}") from exc
-    records = []
-    for lineno, line in enumerate(lines, start=1):
-        if not line.strip():
-            continue
-        try:
-            record = json.loads(line)
-        except json.JSONDecodeError as exc:
-            raise ReportError(f"{path}:{lineno}: malformed JSON line: {exc.msg}") from exc
-        if not isinstance(record, dict):
-            raise ReportError(f"{path}:{lineno}: expected a JSON object, got {type(record).__name__}")
-        records.append(record)
-    return records
+    with _reading():
+        return read_json(path)
 
 
 def read_tensorboard(folder) -> dict[str, list[tuple[int, float]]]:
@@ -231,57 +213,38 @@ def load_run(run_dir) -> Run:
     if not path.is_dir():
         raise ReportError(f"run folder not found: {path}")
     run = Run(path=path, name=path.resolve().name, task="unknown")
-    found = False
+    folder = RunFolder(path)
+    with _reading():
+        config, records, results = folder.read_config(), folder.read_metrics(), folder.read_eval_results()
+    found = any(part is not None for part in (config, records, results))
 
-    config_path = path / "config.yaml"
-    if config_path.is_file():
-        found = True
-        try:
-            config = yaml.safe_load(config_path.read_text())
-        except yaml.YAMLError as exc:
-            raise ReportError(f"{config_path}: malformed YAML: {exc}") from exc
-        if config is not None and not isinstance(config, dict):
-            raise ReportError(f"{config_path}: expected a mapping at the top level")
-        run.config = config or {}
-    else:
-        run.notes.append(f"{config_path} is missing")
+    if config is None:
+        run.notes.append(f"{folder.config_file} is missing")
+    run.config = config or {}
+    if records is None:
+        run.notes.append(f"{folder.metrics_file} is missing")
+    run.records = records or []
+    if results is None:
+        run.notes.append(f"{folder.eval_results_file} is missing: no final evaluation to report")
+    run.eval_results = results
 
-    metrics_path = path / "metrics.jsonl"
-    if metrics_path.is_file():
-        found = True
-        run.records = read_metrics(metrics_path)
-    else:
-        run.notes.append(f"{metrics_path} is missing")
-
-    results_path = path / "eval_results.json"
-    if results_path.is_file():
-        found = True
-        results = _read_json(results_path)
-        if not isinstance(results, dict):
-            raise ReportError(f"{results_path}: expected a JSON object")
-        run.eval_results = results
-    else:
-        run.notes.append(f"{results_path} is missing: no final evaluation to report")
-
-    tb_path = path / "tensorboard"
-    if tb_path.is_dir():
-        run.scalars = read_tensorboard(tb_path)
+    if folder.tensorboard_dir.is_dir():
+        run.scalars = read_tensorboard(folder.tensorboard_dir)
         found = found or bool(run.scalars)
         if not run.records and run.scalars:
-            run.notes.append("curves read from TensorBoard events (metrics.jsonl missing)")
+            run.notes.append(f"curves read from TensorBoard events ({folder.METRICS} missing)")
 
-    diff_path = path / "params_diff.json"
-    if diff_path.is_file():
-        run.params_diff = load_params_diff(diff_path)
+    if folder.params_diff_file.is_file():
+        run.params_diff = load_params_diff(folder.params_diff_file)
 
     if not found:
-        raise ReportError(f"{path}: no run files (config.yaml, metrics.jsonl, eval_results.json, "
-                          "tensorboard/)")
+        raise ReportError(f"{path}: no run files ({folder.CONFIG}, {folder.METRICS}, {folder.EVAL_RESULTS}, "
+                          f"{folder.TENSORBOARD}/)")
 
     task_cfg = run.config.get("task")
     task_res = (run.eval_results or {}).get("task")
     if task_cfg and task_res and task_cfg != task_res:
-        run.notes.append(f"config.yaml says task {task_cfg!r}, eval_results.json says {task_res!r}")
+        run.notes.append(f"{folder.CONFIG} says task {task_cfg!r}, {folder.EVAL_RESULTS} says {task_res!r}")
     task = task_cfg or task_res
     if task not in TASKS:
         run.notes.append(f"unknown task {task!r}: showing generic curves only")
