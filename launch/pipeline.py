@@ -28,9 +28,13 @@ import sys
 import time
 from pathlib import Path
 
+if __package__ in (None, ""):  # `python launch/pipeline.py`: make `train.common` importable
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from train.common.run_folder import RunFolder
+
 REPO = Path(__file__).resolve().parents[1]
 SHARED = REPO.parent / "shared" / "data"
-RECORD = "pipeline_commands.json"  # per stage folder: the commands that made it
 SAMPLE = REPO / "data" / "sample"
 # Smoke inputs in the two layouts: ../shared/data (our machines; any --data-dir laid out like it) and the embedded
 # sample (in the repository, so a fresh clone runs offline). Only the sample has separate WikiText test articles
@@ -52,7 +56,7 @@ def stage_commands(args) -> dict[str, list[list[str]]]:
               str(accelerate_config(args.accelerate_config or ("cpu" if args.smoke else "multi_gpu")))]
     if args.num_processes:
         launch += ["--num_processes", str(args.num_processes)]
-    pretrained = str(runs / "pretrain" / "final")
+    pretrained = str(RunFolder(runs / "pretrain").final_dir)
     if args.smoke:
         data = smoke_data(args)
         pretrain = ["--config", "train/configs/smoke.yaml", "--train_file", str(data["wikitext"])]
@@ -80,7 +84,7 @@ def stage_commands(args) -> dict[str, list[list[str]]]:
     pretrain += ["--output_dir", str(runs / "pretrain")] + shlex.split(args.pretrain_args)
     sst += ["--model_name_or_path", pretrained, "--output_dir", str(runs / "sst")] + shlex.split(args.sst_args)
     squad += ["--model_name_or_path", pretrained, "--output_dir", str(runs / "squad")] + shlex.split(args.squad_args)
-    params = [[sys.executable, "-m", "analysis.params", pretrained, str(runs / task / "final"),
+    params = [[sys.executable, "-m", "analysis.params", pretrained, str(RunFolder(runs / task).final_dir),
                "--json", str(runs / "params" / f"{task}_diff.json")] for task in ("sst", "squad")]
     report = [sys.executable, "-m", "analysis.report", str(runs / "pretrain"), str(runs / "sst"), str(runs / "squad"),
               "--out", str(runs / "report"), "--params-diff", str(runs / "params" / "sst_diff.json"),
@@ -111,12 +115,13 @@ def portable(commands: list[list[str]]) -> list[list[str]]:
 def stage_done(stage: str, runs: Path, commands: list[list[str]]) -> bool:
     """Complete, and made by these very commands: a finished stage of another run (other data, other options)
     is neither reused nor overwritten."""
-    recorded = runs / stage / RECORD
+    recorded = RunFolder(runs / stage).pipeline_record
     if recorded.is_file() and json.loads(recorded.read_text()) != portable(commands):
         raise PipelineError(f"{runs / stage} holds a stage made by other commands (other data or options, see "
                             f"{recorded}); pass --runs-dir NEW_FOLDER, or delete {runs / stage} to redo it")
     if stage in ("pretrain", "sst", "squad"):
-        return (runs / stage / "final" / "model.safetensors").is_file() and (runs / stage / "eval_results.json").is_file()
+        folder = RunFolder(runs / stage)
+        return (folder.final_dir / "model.safetensors").is_file() and folder.eval_results_file.is_file()
     if stage == "params":
         return all((runs / "params" / f"{t}_diff.json").is_file() for t in ("sst", "squad"))
     return False  # the report is cheap and reflects whatever is there now
@@ -207,11 +212,12 @@ def main(argv=None) -> int:
         except PipelineError as err:
             print(f"error: {err}", file=sys.stderr)
             return 2
+        folder = RunFolder(runs / stage)
         if not args.dry_run and stage != "report":
-            (runs / stage).mkdir(parents=True, exist_ok=True)
-            (runs / stage / RECORD).write_text(json.dumps(portable(commands[stage])) + "\n")
+            folder.root.mkdir(parents=True, exist_ok=True)
+            folder.pipeline_record.write_text(json.dumps(portable(commands[stage])) + "\n")
         for cmd in commands[stage]:
-            if stage in ("pretrain", "sst", "squad") and (runs / stage / "config.yaml").is_file():
+            if stage in ("pretrain", "sst", "squad") and folder.config_file.is_file():
                 cmd = cmd + ["--resume_from_checkpoint", "latest"]  # an earlier attempt: continue it
             print(f"[pipeline] {stage}: {shlex.join(cmd)}", flush=True)
             if args.dry_run:
