@@ -199,10 +199,6 @@ def current_rss_mib() -> float:
     return float("nan")
 
 
-def read_jsonl(path: Path) -> list[dict[str, Any]]:
-    return [json.loads(line) for line in Path(path).read_text().splitlines() if line.strip()]
-
-
 def steady_state(values: Sequence[float], warmup: int) -> list[float]:
     if len(values) <= warmup:
         raise ValueError(f"{len(values)} measured steps leave nothing after {warmup} warm-up steps; raise --steps")

@@ -43,7 +43,6 @@ from bench.common import (
     make_step_timer,
     mixed_precision_env,
     quiet_libraries,
-    read_jsonl,
     reset_accelerate_state,
     restored_signal_handlers,
     safe_ratio,
@@ -53,6 +52,7 @@ from bench.common import (
     summarize,
     target,
 )
+from train.common.run_folder import RunFolder
 
 TASKS = {
     "sst": {"script": REPO / "train" / "finetune_classification.py", "module": "train.finetune_classification",
@@ -120,7 +120,7 @@ def run_ours(task: str, argv: list[str], run_dir: Path, precision: str, warmup: 
         rc = main(argv + ["--output_dir", str(run_dir), "--overwrite_output_dir"])
     if rc != 0:
         raise RuntimeError(f"{TASKS[task]['script'].name} main() returned {rc}")
-    lines = sorted((line for line in read_jsonl(run_dir / "metrics.jsonl")
+    lines = sorted((line for line in RunFolder(run_dir).read_metrics()
                     if "split" not in line and "samples_per_second" in line),
                    key=lambda line: line["step"])
     shutil.rmtree(run_dir, ignore_errors=True)

@@ -105,12 +105,12 @@ def part_pretrain_ours(args, p, compiled: bool) -> dict[str, Any]:
     from bench.common import (
         SyntheticBertVocab,
         mixed_precision_env,
-        read_jsonl,
         restored_signal_handlers,
         stdout_to_stderr,
         summarize,
         synthetic_nsp_instances,
     )
+    from train.common.run_folder import RunFolder
     from train.pretrain import Overrides, main
     vocab = SyntheticBertVocab()
     overrides = Overrides(inputs=synthetic_inputs(vocab, synthetic_nsp_instances((p["steps"] + 2) * p["batch"],
@@ -123,7 +123,7 @@ def part_pretrain_ours(args, p, compiled: bool) -> dict[str, Any]:
                       overrides)
         if rc != 0:
             raise RuntimeError(f"train/pretrain.py main() returned {rc}")
-        lines = sorted((rec for rec in read_jsonl(run_dir / "metrics.jsonl") if "split" not in rec),
+        lines = sorted((rec for rec in RunFolder(run_dir).read_metrics() if "split" not in rec),
                        key=lambda rec: rec["step"])
     finally:
         shutil.rmtree(run_dir, ignore_errors=True)
@@ -220,7 +220,8 @@ def write_squad_assets(folder: Path, p, seed: int = 0) -> tuple[Path, Path, int]
 def part_squad_ours(args, p) -> dict[str, Any]:
     import torch
 
-    from bench.common import mixed_precision_env, read_jsonl, restored_signal_handlers, stdout_to_stderr, summarize
+    from bench.common import mixed_precision_env, restored_signal_handlers, stdout_to_stderr, summarize
+    from train.common.run_folder import RunFolder
     from train.common.throughput import peak_tflops_for
     folder = Path(tempfile.mkdtemp(prefix="gpu-squad-"))
     start = time.perf_counter()
@@ -239,7 +240,7 @@ def part_squad_ours(args, p) -> dict[str, Any]:
             rc = module.main(argv)
         if rc != 0:
             raise RuntimeError(f"train/finetune_qa.py main() returned {rc}")
-        lines = sorted((rec for rec in read_jsonl(folder / "run" / "metrics.jsonl")
+        lines = sorted((rec for rec in RunFolder(folder / "run").read_metrics()
                         if "split" not in rec and "samples_per_second" in rec), key=lambda rec: rec["step"])
     finally:
         shutil.rmtree(folder, ignore_errors=True)

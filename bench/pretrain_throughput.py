@@ -50,7 +50,6 @@ from bench.common import (  # noqa: E402
     make_step_timer,
     mixed_precision_env,
     quiet_libraries,
-    read_jsonl,
     reset_accelerate_state,
     restored_signal_handlers,
     safe_ratio,
@@ -60,6 +59,7 @@ from bench.common import (  # noqa: E402
     summarize,
     target,
 )
+from train.common.run_folder import RunFolder
 
 MODEL_KEYS = ("hidden_size", "num_hidden_layers", "num_attention_heads", "intermediate_size",
               "max_position_embeddings", "max_seq_length")
@@ -150,7 +150,7 @@ def run_ours(argv: list[str], run_dir: Path, precision: str, warmup: int, unfuse
         rc = main(argv + ["--output_dir", str(run_dir), "--overwrite_output_dir"], overrides)
     if rc != 0:
         raise RuntimeError(f"train/pretrain.py main() returned {rc}")
-    lines = sorted((rec for rec in read_jsonl(run_dir / "metrics.jsonl") if "split" not in rec),
+    lines = sorted((rec for rec in RunFolder(run_dir).read_metrics() if "split" not in rec),
                    key=lambda rec: rec["step"])
     cpu_seconds = timer_class.instances[-1].cpu_intervals()[:len(lines)]
     shutil.rmtree(run_dir, ignore_errors=True)
