@@ -239,7 +239,7 @@ def registered_train_state(accelerator, per_device_batch_size: int, lr_scheduler
     return train_state
 
 
-def resume_run(accelerator, run_args, output_dir: Path, train_state: TrainState, model_signature: dict,
+def resume_run(accelerator, run_args, output_dir: Path | RunFolder, train_state: TrainState, model_signature: dict,
                per_device_batch_size: int) -> tuple[int | None, int]:
     """(step resumed from or None, micro-batches per process to skip in the resumed epoch). The state then counts
     in this launch's processes and batch size."""

@@ -14,7 +14,7 @@ from .distributed import is_deepspeed
 from .loop import FinetuneSums, TrainLoop, steps_or_fail
 from .models import parameter_block, require_trained_head
 from .optim import build_optimizer, build_scheduler
-from .run_folder import export_final_model, push_folder_to_hub, write_json_atomic
+from .run_folder import RunFolder, export_final_model, push_folder_to_hub
 
 
 @dataclass
@@ -64,7 +64,7 @@ def model_signature(model_args, model, **extra) -> dict:
             **{k: getattr(config, k) for k in ("vocab_size", "hidden_size", "num_hidden_layers")}}
 
 
-def resume_finetuning(accelerator, run_args, opt_args, output_dir: Path, prepared: Prepared,
+def resume_finetuning(accelerator, run_args, opt_args, output_dir: Path | RunFolder, prepared: Prepared,
                       signature: dict) -> tuple[int | None, int]:
     """resume_run, keeping a length-grouped order's global batch from the first launch."""
     resumed = resume_run(accelerator, run_args, output_dir, prepared.train_state, signature,
@@ -75,28 +75,29 @@ def resume_finetuning(accelerator, run_args, opt_args, output_dir: Path, prepare
 
 
 def finetune_loop(accelerator, prepared: Prepared, run_args, opt_args, preemption, resume_step: int | None,
-                  skip_batches: int, output_dir: Path, checkpoint_metadata: dict, progress) -> TrainLoop:
+                  skip_batches: int, output_dir: Path | RunFolder, checkpoint_metadata: dict, progress) -> TrainLoop:
     """The TrainLoop of a fine-tuning run, with its interval sums (loss, examples, tokens, padding)."""
     return TrainLoop(accelerator, run_args, opt_args, prepared.train_state, steps_per_epoch=prepared.steps_per_epoch,
                      total_steps=prepared.total_steps, num_epochs=prepared.num_epochs, skip_batches=skip_batches,
                      preemption=preemption, progress=progress, stats=FinetuneSums(accelerator.device),
-                     checkpoints_dir=output_dir / "checkpoints", checkpoint_metadata=checkpoint_metadata,
+                     checkpoints_dir=RunFolder.of(output_dir).checkpoints_dir, checkpoint_metadata=checkpoint_metadata,
                      resume_step=resume_step)
 
 
-def finish_finetuning(accelerator, model, tokenizer, output_dir: Path, eval_results: dict, model_args, run_args,
-                      do_train: bool, model_card: Callable[[], str], push_message: str) -> str | None:
+def finish_finetuning(accelerator, model, tokenizer, output_dir: Path | RunFolder, eval_results: dict, model_args,
+                      run_args, do_train: bool, model_card: Callable[[], str], push_message: str) -> str | None:
     """Export final/ (when trained), add the parameter counts and diffs against the starting checkpoint, mark the
     results complete, push (--push_to_hub). Returns the pushed URL or None."""
+    folder = RunFolder.of(output_dir)
     if do_train:
-        export_final_model(accelerator, model, accelerator.unwrap_model(model), tokenizer, output_dir / "final",
+        export_final_model(accelerator, model, accelerator.unwrap_model(model), tokenizer, folder.final_dir,
                            model_card())
     accelerator.end_training()
     if accelerator.is_main_process:
-        after = output_dir / "final" if is_deepspeed(accelerator) else accelerator.unwrap_model(model)
+        after = folder.final_dir if is_deepspeed(accelerator) else accelerator.unwrap_model(model)
         eval_results["params"] = parameter_block(model_args.model_name_or_path, after, model_args.trust_remote_code)
         eval_results["completed"] = True
-        write_json_atomic(output_dir / "eval_results.json", eval_results)
+        folder.write_eval_results(eval_results)
     if run_args.push_to_hub and do_train and accelerator.is_main_process:
-        return push_folder_to_hub(output_dir / "final", run_args.hub_model_id, run_args.hub_private, push_message)
+        return push_folder_to_hub(folder.final_dir, run_args.hub_model_id, run_args.hub_private, push_message)
     return None
