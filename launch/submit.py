@@ -21,6 +21,11 @@ from pathlib import Path
 
 import yaml
 
+if __package__ in (None, ""):  # `python launch/submit.py`: make `train.common` importable
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from train.common.run_folder import RunFolder
+
 REPO = Path(__file__).resolve().parent.parent
 SCRIPTS = {
     "pretrain": "train/pretrain.py",
@@ -163,10 +168,11 @@ def build_command(args, extra):
                           f"{args.partition or '(default)'} has {available}")
 
     output_dir = Path(args.output_dir).resolve()
+    logs = RunFolder(output_dir).logs_dir
     job_name = args.job_name or f"{script.stem}-{output_dir.name}"
     cmd = ["sbatch", f"--job-name={job_name}", f"--nodes={args.nodes}", "--ntasks-per-node=1",
            f"--time={args.time}", "--requeue", f"--signal=B:USR1@{args.signal_lead}", "--open-mode=append",
-           f"--output={output_dir / 'logs' / '%x-%j.out'}", f"--chdir={REPO}"]
+           f"--output={logs / '%x-%j.out'}", f"--chdir={REPO}"]
     if args.partition:
         cmd.append(f"--partition={args.partition}")
     if args.gpus_per_node:
@@ -199,7 +205,8 @@ def main(argv=None):
     if shutil.which("sbatch") is None:
         print("submit: error: sbatch not found (is this a SLURM login node?)", file=sys.stderr)
         return 2
-    (output_dir / "logs").mkdir(parents=True, exist_ok=True)  # SLURM does not create the log folder
+    logs = RunFolder(output_dir).logs_dir
+    logs.mkdir(parents=True, exist_ok=True)  # SLURM does not create the log folder
     out = subprocess.run(cmd, capture_output=True, text=True, cwd=REPO)
     found = re.search(r"Submitted batch job (\d+)", out.stdout)
     if out.returncode != 0 or not found:
@@ -207,7 +214,7 @@ def main(argv=None):
         return out.returncode or 1
     job_id = found.group(1)
     job_name = cmd[1].split("=", 1)[1]
-    print(f"submitted job {job_id}; log: {output_dir / 'logs' / f'{job_name}-{job_id}.out'}", file=sys.stderr)
+    print(f"submitted job {job_id}; log: {logs / f'{job_name}-{job_id}.out'}", file=sys.stderr)
     print(job_id)
     return 0
 

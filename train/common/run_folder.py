@@ -87,6 +87,7 @@ class RunFolder:
     REPLICA_CHECK = "replica_check.json"  # data-parallel runs: replica parameter fingerprints
     SEED_PREFIX = "seed_"  # --seeds: one run folder per seed, seed_N/ (seeds.py)
     PIPELINE_RECORD = "pipeline_commands.json"  # launch/pipeline.py: the commands that made a stage's folder
+    LOGS = "logs"  # launch/submit.py: the SLURM job's JOBNAME-JOBID.out, appended across requeues
     PARAMS_DIFF = "params_diff.json"  # placed by hand for analysis.report: `python -m analysis.params A B --json`
     # What a run writes: --overwrite_output_dir removes these, and nothing else, before it starts.
     RUN_FILES = (CONFIG, METRICS, EVAL_RESULTS, TENSORBOARD, CHECKPOINTS, FINAL, TOKENIZER, PREEMPTED, REPLICA_CHECK,
@@ -115,6 +116,7 @@ class RunFolder:
     preempted_marker = _part(PREEMPTED)
     replica_check_file = _part(REPLICA_CHECK)
     pipeline_record = _part(PIPELINE_RECORD)
+    logs_dir = _part(LOGS)
     params_diff_file = _part(PARAMS_DIFF)
 
     @staticmethod
