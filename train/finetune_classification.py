@@ -51,7 +51,7 @@ from accelerate.logging import get_logger
 from transformers import AutoModelForSequenceClassification
 
 from metrics.classification import classification_metrics, majority_baseline
-from train.common.checkpoint import checkpoint_name, load_checkpoint
+from train.common.checkpoint import load_checkpoint
 from train.common.console import RunClock, StepProgress, fmt, print_summary, show_bars
 from train.common.data.loaders import PaddingCollator, build_eval_dataloader, model_inputs
 from train.common.data.sst import (
@@ -79,7 +79,7 @@ from train.common.model_card import finetune_model_card
 from train.common.models import check_max_seq_length, classification_nll, from_hub, load_model_for_task
 from train.common.preemption import PreemptionFlag
 from train.common.run_folder import (
-    write_json_atomic,
+    RunFolder,
     write_run_config,
     write_text_atomic,
 )
@@ -160,7 +160,7 @@ def prediction_rows(name: str, examples, probs) -> list[dict]:
 def run_classification(model_args, data_args, opt_args, run_args, preemption, marker_dir=None):
     """One seed: train, evaluate, export. Returns (exit code, eval_results or None when stopped early)."""
     config, clock = flat_config(model_args, data_args, opt_args, run_args), RunClock()
-    accelerator, output_dir = start_run(run_args, opt_args, config, data_args.do_train, marker_dir)
+    accelerator, folder = start_run(run_args, opt_args, config, data_args.do_train, marker_dir)
     splits, train_examples, leakage, eval_sets, weights = training_and_eval_sets(data_args)
 
     # ---- model, batches, prepare, resume -----------------------------------------------------------
@@ -180,17 +180,17 @@ def run_classification(model_args, data_args, opt_args, run_args, preemption, ma
                              eval_loaders, opt_args, run_args, data_args, load_report, "classifier")
     model, optimizer, lr_scheduler, train_state = run.model, run.optimizer, run.lr_scheduler, run.train_state
     signature = model_signature(model_args, accelerator.unwrap_model(model), num_labels=NUM_CLASSES)
-    resume_step, skip_batches = resume_finetuning(accelerator, run_args, opt_args, output_dir, run, signature)
+    resume_step, skip_batches = resume_finetuning(accelerator, run_args, opt_args, folder, run, signature)
     distributed = distributed_summary(accelerator, opt_args.gradient_accumulation_steps)
     if accelerator.is_main_process:
-        write_run_config(output_dir, "classification", config, distributed, extra={
+        write_run_config(folder, "classification", config, distributed, extra={
             "steps_per_epoch": run.steps_per_epoch, "total_steps": run.total_steps, "data_source": splits.source,
             "dataset_sizes": {"train": len(train_examples), **{k: len(v) for k, v in eval_sets.items()}},
             "leakage_check": leakage, "class_weights": weights, "model_load": load_report,
             "resumed_from_step": resume_step})
-    metrics, eval_results = start_logging(accelerator, run_args, output_dir, resume_step, "classification")
+    metrics, eval_results = start_logging(accelerator, run_args, folder, resume_step, "classification")
     bars = show_bars(run_args.disable_progress_bar)
-    loop = finetune_loop(accelerator, run, run_args, opt_args, preemption, resume_step, skip_batches, output_dir,
+    loop = finetune_loop(accelerator, run, run_args, opt_args, preemption, resume_step, skip_batches, folder,
                          {"config": config, "model_signature": signature, "distributed": distributed},
                          StepProgress(run.total_steps, train_state.step, bars and data_args.do_train,
                                       accelerator.is_main_process, logger))
@@ -240,27 +240,27 @@ def run_classification(model_args, data_args, opt_args, run_args, preemption, ma
                 eval_results["epochs"].append(record)
                 metrics.log({"split": "dev", **record}, prefix="eval")
                 if accelerator.is_main_process:  # the epochs so far survive an interruption (resume reads them)
-                    write_json_atomic(output_dir / "eval_results.json", eval_results)
+                    folder.write_eval_results(eval_results)
             progress.write(f"epoch {record['epoch']}: dev accuracy {fmt(record['dev_accuracy'])} macro-F1 "
                            f"{fmt(record['dev_macro_f1'])}")
             if patience := data_args.early_stopping_patience:
                 if record["dev_accuracy"] > (train_state.best_dev_accuracy or -1.0):
                     train_state.best_dev_accuracy, train_state.best_step = record["dev_accuracy"], train_state.step
                     train_state.bad_epochs = 0
-                    loop.save(output_dir / "checkpoints" / "best", keep=1)
+                    loop.save(folder.best_checkpoints_dir, keep=1)
                 else:
                     train_state.bad_epochs += 1
                 loop.stop = "early_stopping" if train_state.bad_epochs >= patience else None
             if loop.should_save_at_epoch_end():
                 loop.save()
     if loop.stop in ("preempted", "nonfinite"):  # the checkpoint is saved
-        return loop.finish_stopped(marker_dir or output_dir), None
+        return loop.finish_stopped(marker_dir or folder), None
 
     # ---- final evaluation (of the best-dev model with early stopping) and export -------------------
     progress.close()
     last_step = train_state.step
     if data_args.early_stopping_patience and train_state.best_step is not None:
-        load_checkpoint(accelerator, output_dir / "checkpoints" / "best" / checkpoint_name(train_state.best_step))
+        load_checkpoint(accelerator, folder.best_checkpoints_dir / RunFolder.checkpoint_name(train_state.best_step))
     final_results(eval_results, model_args, data_args, splits, eval_sets, leakage, weights, last_step, train_state,
                   stopped_early=loop.stop == "early_stopping")
     predictions = []
@@ -269,11 +269,11 @@ def run_classification(model_args, data_args, opt_args, run_args, preemption, ma
         if name in ("dev", "test"):
             predictions += prediction_rows(name, eval_sets[name], probs)
     if accelerator.is_main_process:
-        write_text_atomic(output_dir / "predictions.jsonl", "".join(json.dumps(r) + "\n" for r in predictions))
-    check_replicas_in_sync(accelerator, model, output_dir)
+        write_text_atomic(folder.predictions_file, "".join(json.dumps(r) + "\n" for r in predictions))
+    check_replicas_in_sync(accelerator, model, folder)
     headline = {f"{s} {k}": eval_results["splits"][s][k] for s in ("dev", "test") if s in eval_sets
                 for k in ("accuracy", "macro_f1")}
-    url = finish_finetuning(accelerator, model, tokenizer, output_dir, eval_results, model_args, run_args,
+    url = finish_finetuning(accelerator, model, tokenizer, folder, eval_results, model_args, run_args,
                             data_args.do_train, lambda: finetune_model_card(
                                 "BERT fine-tuned for 5-class sentiment (SST-5)", "text-classification", config,
                                 load_report, headline, train_state, distributed,
@@ -282,9 +282,9 @@ def run_classification(model_args, data_args, opt_args, run_args, preemption, ma
     baseline = {f"{s} majority baseline": a for s, a in eval_results["majority_baseline"].items()}
     print_summary("SST-5 fine-tuning" if data_args.do_train else "SST-5 evaluation", clock,
                   {"steps": last_step if data_args.do_train else None, **headline, **baseline},
-                  {"final model": output_dir / "final" if data_args.do_train else None,
-                   "predictions": output_dir / "predictions.jsonl", "results": output_dir / "eval_results.json",
-                   "pushed to": url}, output_dir, accelerator.is_main_process)
+                  {"final model": folder.final_dir if data_args.do_train else None,
+                   "predictions": folder.predictions_file, "results": folder.eval_results_file,
+                   "pushed to": url}, folder, accelerator.is_main_process)
     return 0, eval_results
 
 

@@ -83,7 +83,7 @@ from train.common.models import (
     span_nll,
 )
 from train.common.preemption import PreemptionFlag
-from train.common.run_folder import write_json_atomic, write_run_config
+from train.common.run_folder import RunFolder, write_json_atomic, write_run_config
 
 logger = get_logger(__name__)
 LOCAL_HINT = "Give the official SQuAD JSON files with --train_file and --validation_file (or --train_articles N)"
@@ -168,22 +168,22 @@ def qa_outputs(outputs, batch) -> dict:
             "nll": span_nll(start, end, batch["start_positions"], batch["end_positions"])}
 
 
-def write_answer_files(output_dir: Path, answers: tuple, version_2: bool) -> None:
+def write_answer_files(folder: RunFolder, answers: tuple, version_2: bool) -> None:
     predictions, nbest, null_odds = answers
-    write_json_atomic(output_dir / "predictions.json", predictions)
-    write_json_atomic(output_dir / "nbest.json", nbest)
+    write_json_atomic(folder.qa_predictions_file, predictions)
+    write_json_atomic(folder.nbest_file, nbest)
     if version_2:
-        write_json_atomic(output_dir / "null_odds.json", null_odds)
+        write_json_atomic(folder.null_odds_file, null_odds)
 
 
-def record_eval_data(accelerator, output_dir: Path, data_args, gold: dict, derived: bool) -> Path:
+def record_eval_data(accelerator, folder: RunFolder, data_args, gold: dict, derived: bool) -> Path:
     """The gold data the scores are computed on, for the analysis CLI: --validation_file itself, or (when derived
     from the hub or cut by --max_eval_samples) OUTPUT_DIR/eval_data.json."""
-    eval_data_path = output_dir / "eval_data.json" if derived else Path(data_args.validation_file).resolve()
+    eval_data_path = folder.eval_data_file if derived else Path(data_args.validation_file).resolve()
     if accelerator.is_main_process and derived:
         write_json_atomic(eval_data_path, gold)
     elif accelerator.is_main_process:
-        (output_dir / "eval_data.json").unlink(missing_ok=True)  # none from an earlier run in this folder
+        folder.eval_data_file.unlink(missing_ok=True)  # none from an earlier run in this folder
     return eval_data_path
 
 
@@ -195,9 +195,9 @@ def main(argv=None) -> int:
     config = flat_config(model_args, data_args, opt_args, run_args)
     clock = RunClock()
     check_qa_options(data_args)
-    accelerator, output_dir = start_run(run_args, opt_args, config, data_args.do_train)
+    accelerator, folder = start_run(run_args, opt_args, config, data_args.do_train)
     train_examples, eval_examples, gold, data_report, derived = capped_examples(data_args)
-    eval_data_path = record_eval_data(accelerator, output_dir, data_args, gold, derived)
+    eval_data_path = record_eval_data(accelerator, folder, data_args, gold, derived)
 
     # ---- model, batches, prepare, resume -----------------------------------------------------------
     model, tokenizer, load_report = load_model_for_task(model_args, AutoModelForQuestionAnswering, run_args.seed)
@@ -213,17 +213,17 @@ def main(argv=None) -> int:
                              load_report, "qa_outputs")
     model, optimizer, lr_scheduler, train_state = run.model, run.optimizer, run.lr_scheduler, run.train_state
     signature = model_signature(model_args, accelerator.unwrap_model(model))
-    resume_step, skip_batches = resume_finetuning(accelerator, run_args, opt_args, output_dir, run, signature)
+    resume_step, skip_batches = resume_finetuning(accelerator, run_args, opt_args, folder, run, signature)
     distributed = distributed_summary(accelerator, opt_args.gradient_accumulation_steps)
     sizes = {"train_examples": len(train_examples), "train_features": run.train_size,
              "eval_examples": len(eval_examples), "eval_features": len(eval_rows)}
     if accelerator.is_main_process:
-        write_run_config(output_dir, "qa", config, distributed, extra={
+        write_run_config(folder, "qa", config, distributed, extra={
             "steps_per_epoch": run.steps_per_epoch, "total_steps": run.total_steps, "dataset_sizes": sizes,
             "eval_data": str(eval_data_path), "model_load": load_report, "resumed_from_step": resume_step})
-    metrics, eval_results = start_logging(accelerator, run_args, output_dir, resume_step, "qa")
+    metrics, eval_results = start_logging(accelerator, run_args, folder, resume_step, "qa")
     bars = show_bars(run_args.disable_progress_bar)
-    loop = finetune_loop(accelerator, run, run_args, opt_args, preemption, resume_step, skip_batches, output_dir,
+    loop = finetune_loop(accelerator, run, run_args, opt_args, preemption, resume_step, skip_batches, folder,
                          {"config": config, "model_signature": signature, "distributed": distributed},
                          StepProgress(run.total_steps, train_state.step, bars and data_args.do_train,
                                       accelerator.is_main_process, logger))
@@ -277,12 +277,12 @@ def main(argv=None) -> int:
                 eval_results["epochs"].append(record)
                 metrics.log({"split": "validation", **record}, prefix="eval")
                 if accelerator.is_main_process:  # the epochs so far survive an interruption (resume reads them)
-                    write_json_atomic(output_dir / "eval_results.json", eval_results)
+                    folder.write_eval_results(eval_results)
                 progress.write(f"epoch {record['epoch']}: EM {fmt(scores['exact_match'])} F1 {fmt(scores['f1'])}")
             if loop.should_save_at_epoch_end():
                 loop.save()
     if loop.stop:  # preempted or non-finite: the checkpoint is saved
-        return loop.finish_stopped(output_dir)
+        return loop.finish_stopped(folder)
 
     # ---- final evaluation (the last epoch's, when it was at this step) and export --------------------
     progress.close()
@@ -298,10 +298,10 @@ def main(argv=None) -> int:
                         null_score_diff_threshold=data_args.null_score_diff_threshold
                         if data_args.version_2_with_negative else None)
     if accelerator.is_main_process:
-        write_answer_files(output_dir, last_eval[2], data_args.version_2_with_negative)
-    check_replicas_in_sync(accelerator, model, output_dir)
+        write_answer_files(folder, last_eval[2], data_args.version_2_with_negative)
+    check_replicas_in_sync(accelerator, model, folder)
     headline = {"exact_match": scores["exact_match"], "f1": scores["f1"], "questions": scores["total"]}
-    url = finish_finetuning(accelerator, model, tokenizer, output_dir, eval_results, model_args, run_args,
+    url = finish_finetuning(accelerator, model, tokenizer, folder, eval_results, model_args, run_args,
                             data_args.do_train, lambda: finetune_model_card(
                                 f"BERT fine-tuned for extractive QA (SQuAD v{data_args.version()})",
                                 "question-answering", config, load_report, headline, train_state, distributed,
@@ -310,9 +310,9 @@ def main(argv=None) -> int:
     print_summary(f"SQuAD v{data_args.version()} " + ("fine-tuning" if data_args.do_train else "evaluation"), clock,
                   {"steps": train_state.step if data_args.do_train else None, "exact_match": scores["exact_match"],
                    "f1": scores["f1"], "questions": scores["total"]},
-                  {"final model": output_dir / "final" if data_args.do_train else None,
-                   "predictions": output_dir / "predictions.json", "results": output_dir / "eval_results.json",
-                   "pushed to": url}, output_dir, accelerator.is_main_process, notes=squad_repair_lines(data_report))
+                  {"final model": folder.final_dir if data_args.do_train else None,
+                   "predictions": folder.qa_predictions_file, "results": folder.eval_results_file,
+                   "pushed to": url}, folder, accelerator.is_main_process, notes=squad_repair_lines(data_report))
     return 0
 
 

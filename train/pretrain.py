@@ -52,7 +52,12 @@ from train.common.model_card import model_card
 from train.common.models import PretrainingObjective, build_bert_config, build_pretraining_model
 from train.common.optim import build_optimizer, build_scheduler
 from train.common.preemption import PreemptionFlag
-from train.common.run_folder import export_final_model, push_folder_to_hub, write_json_atomic, write_run_config
+from train.common.run_folder import (
+    RunFolder,
+    export_final_model,
+    push_folder_to_hub,
+    write_run_config,
+)
 from train.common.throughput import IntervalTimer, bert_training_flops, mfu, peak_tflops_for
 
 logger = get_logger(__name__)
@@ -75,7 +80,7 @@ class PretrainingInputs:
 class Overrides:
     """main()'s seam for callers in the same process (bench/ uses it); None keeps the script's own piece.
 
-    inputs(data_args, seed, output_dir, accelerator) -> PretrainingInputs replaces reading and preparing the text;
+    inputs(data_args, seed, run folder, accelerator) -> PretrainingInputs replaces reading and preparing the text;
     build_optimizer(model, opt_args, device) the optimizer; interval_timer the class (IntervalTimer's interface)
     of the clock behind the logged throughput."""
 
@@ -84,7 +89,7 @@ class Overrides:
     interval_timer: type[IntervalTimer] | None = None
 
 
-def read_inputs(data_args, seed: int, output_dir: Path, accelerator) -> PretrainingInputs:
+def read_inputs(data_args, seed: int, folder: RunFolder, accelerator) -> PretrainingInputs:
     """The text of --train_file/--dataset_name, the tokenizer (loaded or trained on it) and the instances.
     Preprocessing runs once per machine; the other ranks then read the datasets cache."""
     # `datasets` only here: a caller with its own inputs (the GPU benchmark machine) does not need it.
@@ -93,7 +98,7 @@ def read_inputs(data_args, seed: int, output_dir: Path, accelerator) -> Pretrain
     with accelerator.local_main_process_first():
         corpus = load_corpus(data_args, seed)
     with accelerator.main_process_first():
-        tokenizer = obtain_tokenizer(data_args, corpus, output_dir, accelerator.is_main_process)
+        tokenizer = obtain_tokenizer(data_args, corpus, folder, accelerator.is_main_process)
     with accelerator.local_main_process_first():
         splits = build_pretraining_datasets(corpus, tokenizer, data_args, seed)
     return PretrainingInputs(tokenizer, splits, corpus.boundary)
@@ -160,8 +165,8 @@ def main(argv=None, overrides: Overrides | None = None) -> int:
     go_offline_if_unreachable(hub_names(hub_resources(model_args, data_args)))  # asked once: preflight's answer
 
     # ---- accelerator, output folder, data ------------------------------------------------------
-    accelerator, output_dir = start_run(run_args, opt_args, config, do_train=True)
-    inputs = (overrides.inputs or read_inputs)(data_args, run_args.seed, output_dir, accelerator)
+    accelerator, folder = start_run(run_args, opt_args, config, do_train=True)
+    inputs = (overrides.inputs or read_inputs)(data_args, run_args.seed, folder, accelerator)
     tokenizer, splits = inputs.tokenizer, inputs.splits
     baselines = training_baselines(splits["train"], len(tokenizer), tokenizer.all_special_ids)
     train_collator, train_dataloader, eval_dataloaders = build_dataloaders(inputs, model_args, data_args, opt_args,
@@ -189,21 +194,21 @@ def main(argv=None, overrides: Overrides | None = None) -> int:
                                                             "num_attention_heads", "intermediate_size")}
 
     # ---- resume, run folder --------------------------------------------------------------------
-    resume_step, skip_batches = resume_run(accelerator, run_args, output_dir, train_state, model_signature,
+    resume_step, skip_batches = resume_run(accelerator, run_args, folder, train_state, model_signature,
                                            opt_args.per_device_train_batch_size)
     distributed = distributed_summary(accelerator, gas)
     if accelerator.is_main_process:
-        write_run_config(output_dir, "pretraining", config, distributed, extra={
+        write_run_config(folder, "pretraining", config, distributed, extra={
             "steps_per_epoch": steps_per_epoch, "total_steps": total_steps,
             "dataset_sizes": {k: len(v) for k, v in splits.items()}, "document_boundary": inputs.boundary,
             "vocab_size": len(tokenizer), "resumed_from_step": resume_step})
-    metrics, eval_results = start_logging(accelerator, run_args, output_dir, resume_step, "pretraining")
+    metrics, eval_results = start_logging(accelerator, run_args, folder, resume_step, "pretraining")
     bars = show_bars(run_args.disable_progress_bar)
     progress = StepProgress(total_steps, train_state.step, bars, accelerator.is_main_process, logger)
     stats = IntervalSums(STATS, accelerator.device)
     loop = TrainLoop(accelerator, run_args, opt_args, train_state, steps_per_epoch=steps_per_epoch,
                      total_steps=total_steps, num_epochs=num_epochs, skip_batches=skip_batches, preemption=preemption,
-                     progress=progress, stats=stats, checkpoints_dir=output_dir / "checkpoints",
+                     progress=progress, stats=stats, checkpoints_dir=folder.checkpoints_dir,
                      checkpoint_metadata={"config": config, "model_signature": model_signature,
                                           "distributed": distributed},
                      resume_step=resume_step, reseed=(train_collator,), timer_class=overrides.interval_timer)
@@ -220,7 +225,7 @@ def main(argv=None, overrides: Overrides | None = None) -> int:
         if split == "validation":
             eval_results["epochs"].append(record)
             if accelerator.is_main_process:
-                write_json_atomic(output_dir / "eval_results.json", eval_results)
+                folder.write_eval_results(eval_results)
         return record
 
     def evaluated_now() -> bool:
@@ -272,25 +277,25 @@ def main(argv=None, overrides: Overrides | None = None) -> int:
             if loop.should_save_at_epoch_end():
                 loop.save()
     if loop.stop:  # preempted or non-finite: the checkpoint is saved
-        return loop.finish_stopped(output_dir)
+        return loop.finish_stopped(folder)
 
     # ---- final evaluation and export ---------------------------------------------------------
     progress.close()
     if "test" in eval_dataloaders:
         eval_results["test"] = run_evaluation("test")
     if accelerator.is_main_process:
-        write_json_atomic(output_dir / "eval_results.json", eval_results)
-    check_replicas_in_sync(accelerator, model, output_dir)
-    export_final_model(accelerator, model, accelerator.unwrap_model(model).model, tokenizer, output_dir / "final",
+        folder.write_eval_results(eval_results)
+    check_replicas_in_sync(accelerator, model, folder)
+    export_final_model(accelerator, model, accelerator.unwrap_model(model).model, tokenizer, folder.final_dir,
                        model_card(config, eval_results, train_state, distributed))
     accelerator.end_training()
     url = None
     if run_args.push_to_hub and accelerator.is_main_process:
-        url = push_folder_to_hub(output_dir / "final", run_args.hub_model_id, run_args.hub_private,
+        url = push_folder_to_hub(folder.final_dir, run_args.hub_model_id, run_args.hub_private,
                                  f"BERT pretraining, step {train_state.step}")
     print_summary("pretraining", clock, {"steps": train_state.step, **summary_lines(eval_results)},
-                  {"final model": output_dir / "final", "metrics": output_dir / "metrics.jsonl", "pushed to": url},
-                  output_dir, accelerator.is_main_process,
+                  {"final model": folder.final_dir, "metrics": folder.metrics_file, "pushed to": url},
+                  folder, accelerator.is_main_process,
                   notes=baseline_notes(eval_results.get("test") or (eval_results["epochs"] or [{}])[-1]))
     return 0
 

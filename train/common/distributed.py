@@ -160,7 +160,7 @@ def start_run(run_args, opt_args, config: dict, do_train: bool, marker_dir: Path
         folder.root.mkdir(parents=True, exist_ok=True)
         clear_marker(marker_dir or folder)
     accelerator.wait_for_everyone()
-    return accelerator, folder.root
+    return accelerator, folder
 
 
 def agree_on_flags(accelerator: Accelerator, local_nonfinite: torch.Tensor, grad_norm, preemption) -> tuple[bool, bool]:
