@@ -62,7 +62,10 @@ def _import_from_repository(*modules):
                           ) from exc
 # ---- end of repository locator ----
 
-_classification, _cli = _import_from_repository("metrics.classification", "analysis.classification")
+# analysis.classification (the CLI's default label set) reads SST-5's class names from train.common.data.sst: named
+# here so that the locator checks that train/ too is this checkout's.
+_classification, _cli, _ = _import_from_repository("metrics.classification", "analysis.classification",
+                                                   "train.common.data.sst")
 
 _DESCRIPTION = """Accuracy, macro and weighted precision/recall/F1 (0..1), per-class scores and the confusion matrix
 (rows = true, columns = predicted), computed by metrics.classification.classification_metrics: the numbers
