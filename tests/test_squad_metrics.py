@@ -605,6 +605,9 @@ def test_cli_aux_adds_labelled_auxiliary_metrics(capsys):
     assert (aux["questions_used"], aux["questions_skipped_no_answer"]) == (2, 2)
     assert aux["rouge1"] == pytest.approx(0.5)
     assert aux["meteor"] == pytest.approx(0.25)  # one-word exact match scores 0.5 in nltk METEOR
+    assert aux["bleu_sentence_mean"] == 50.0  # 100.0 (clamped) and 0
+    assert aux["rouge2"] == 0.0 and "one-word" in aux["notes"]["rouge2"]  # the exact "Paris" has no bigram
+    assert (aux["missing_predictions"], aux["missing_scored_as"]) == (0, squad_metrics.MISSING_SCORED_AS_AUX)
 
 
 # ====================================================================================================
