@@ -295,6 +295,53 @@ def _vocab_txt(folder: Path) -> str:
     return "\n".join(sorted(vocab, key=vocab.get)) + "\n" + "\n--- tokenizer.json ---\n" + text
 
 
+def test_the_trained_vocabulary_depends_on_the_training_documents_and_n_only(tmp_path, monkeypatch):
+    """Adding --test_file or --validation_file (or another test file) changes the line datasets' fingerprints and
+    cache folder, but neither the training documents nor the vocabulary: the same cache entry is found and reused."""
+    import datasets
+
+    from train.common.data import vocabulary
+
+    monkeypatch.setattr(datasets.config, "HF_DATASETS_CACHE", str(tmp_path / "hf-datasets"))
+    train = write_wikitext_corpus(tmp_path / "train.raw", articles=8, seed=21)
+    test_a = write_wikitext_corpus(tmp_path / "test_a.raw", articles=3, seed=22)
+    test_b = write_wikitext_corpus(tmp_path / "test_b.raw", articles=3, seed=23)
+    trained = []
+    real_train = vocabulary.train_wordpiece
+    monkeypatch.setattr(vocabulary, "train_wordpiece", lambda *a: trained.append(a[1]) or real_train(*a))
+
+    def run(name, **files):
+        args = _data_args(train_file=str(train), train_tokenizer=300, **files)
+        corpus = pd.load_corpus(args, 0)
+        vocabulary.obtain_tokenizer(args, corpus, tmp_path / name, True)
+        return corpus, _vocab_txt(tmp_path / name / "tokenizer")
+
+    plain, first = run("plain")
+    assert trained == [300]
+    with_test, again = run("with_test", test_file=str(test_a))
+    other_test, third = run("other_test", test_file=str(test_b))
+    assert trained == [300], "a test file must not retrain the vocabulary"
+    assert first == again == third
+    assert with_test.lines["train"]._fingerprint != plain.lines["train"]._fingerprint  # what the old key used
+    cache = vocabulary.trained_vocabulary_cache(plain, 300)
+    assert cache == vocabulary.trained_vocabulary_cache(with_test, 300) == \
+        vocabulary.trained_vocabulary_cache(other_test, 300)
+    assert cache.parent == tmp_path / "hf-datasets" / vocabulary.VOCABULARY_CACHE_FOLDER and _vocab_txt(cache) == first
+
+    # --validation_file: the whole training file is training text; the same as holding out nothing.
+    _, whole = run("whole", validation_split_percentage=0)
+    assert trained == [300, 300]  # other training documents (nothing held out): trained once more ...
+    _, with_validation = run("with_validation", validation_file=str(test_a), test_file=str(test_b))
+    assert trained == [300, 300] and with_validation == whole  # ... and reused with a validation file
+    # The digest follows the training documents only.
+    held_out = _data_args(train_file=str(train), validation_split_percentage=34)
+    assert vocabulary.training_text_digest(pd.load_corpus(held_out, 0)) != \
+        vocabulary.training_text_digest(plain)
+    assert vocabulary.training_text_digest(pd.load_corpus(held_out, 0)) == \
+        vocabulary.training_text_digest(pd.load_corpus(_data_args(train_file=str(train), test_file=str(test_a),
+                                                                  validation_split_percentage=34), 0))
+
+
 _TRAIN_IN_A_PROCESS = """
 import sys
 from train.common.data.pretraining import document_ranges, document_sentences
