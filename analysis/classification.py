@@ -181,13 +181,13 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--out", default=None, help="also write the JSON result to this file")
     args = parser.parse_args(argv)
     try:
-        groups = load_predictions_by_split(args.predictions, args.label_key, args.prediction_key)
-        groups = select_split(groups, args.split, args.predictions)
+        every_split = load_predictions_by_split(args.predictions, args.label_key, args.prediction_key)
+        groups = select_split(every_split, args.split, args.predictions)
         num_classes, label_names = args.num_classes, args.label_names
         if num_classes is None and label_names is None:
-            try:
+            try:  # from every split, also with --split: one label set per file
                 num_classes, label_names, source, sst5 = default_label_set(
-                    [v for y_true, y_pred in groups.values() for v in (*y_true, *y_pred)])
+                    [v for y_true, y_pred in every_split.values() for v in (*y_true, *y_pred)])
             except ValueError as exc:
                 raise ValueError(f"{args.predictions}: {exc}") from None
             from_file = not sst5

@@ -274,15 +274,17 @@ def test_cli_default_for_sst_names_and_for_other_label_sets(tmp_path, capsys):
     assert printed["label_set"]["source"] == "SST-5 (default): class names"
     assert m["labels"] == list(SST5_NAMES) and m["macro_f1"] == pytest.approx(sum(NO_NEUTRAL_F1) / 5)
 
-    # Integer ids beyond 0..4: classes 0..max, one label set for every split (class 3 is only in test), warned.
-    wide = write_split_predictions(tmp_path / "wide.jsonl", {"dev": ([0, 6], [0, 6]), "test": ([3, 6], [3, 0])})
+    # Integer ids beyond 0..4: classes 0..max, one label set for every split (dev alone would be SST-5's), warned.
+    wide = write_split_predictions(tmp_path / "wide.jsonl", {"dev": ([0, 2], [0, 2]), "test": ([3, 6], [3, 0])})
     assert cm.main(["--predictions", str(wide)]) == 0
     captured = capsys.readouterr()
     printed = json.loads(captured.out)
     assert printed["label_set"]["labels"] == list(range(7)) and printed["label_set"]["label_names"][6] == "6"
     assert printed["splits"]["dev"]["macro_f1"] == pytest.approx(2 / 7)
-    assert printed["splits"]["dev"] == classification_metrics([0, 6], [0, 6], num_classes=7)
+    assert printed["splits"]["dev"] == classification_metrics([0, 2], [0, 2], num_classes=7)
     assert "warning" in captured.err and "labels outside SST-5's" in captured.err
+    assert cm.main(["--predictions", str(wide), "--split", "dev"]) == 0  # the file's label set, not the split's
+    assert json.loads(capsys.readouterr().out)["splits"]["dev"] == printed["splits"]["dev"]
     # An explicit label set wins and is not warned about.
     assert cm.main(["--predictions", str(wide), "--num-classes", "8"]) == 0
     captured = capsys.readouterr()
