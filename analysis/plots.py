@@ -13,6 +13,8 @@ from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 from matplotlib.ticker import MaxNLocator
 
+from train.common.data.sst import LABEL_NAMES as SST5_NAMES
+
 DPI = 100
 
 
@@ -94,13 +96,27 @@ def plot_bars(path, title: str, values: dict, ylabel: str, *, note: str | None =
     return _save(fig, path)
 
 
-def plot_confusion(path, matrix, labels: list[str], title: str) -> Path | None:
-    """Rows (gold) normalised to sum 1 for the colours; each cell annotated with its raw count."""
+def class_tick_labels(labels, n: int, label_names=None) -> list[str]:
+    """Axis labels for n classes: ``label_names`` when it has n entries; else ``labels``, where SST-5's class ids
+    0..4 (ints or digit strings, the ``labels`` of a classification run's metrics) become "id name"; else 0..n-1
+    (as SST-5 names when n is 5)."""
+    if label_names is not None and len(label_names) == n:
+        return [str(name) for name in label_names]
+    labels = list(labels) if labels and len(labels) == n else list(range(n))
+    if [str(label) for label in labels] == [str(i) for i in range(len(SST5_NAMES))]:
+        return [f"{i} {name}" for i, name in enumerate(SST5_NAMES)]
+    return [str(label) for label in labels]
+
+
+def plot_confusion(path, matrix, labels: list, title: str, *, label_names: list[str] | None = None) -> Path | None:
+    """Rows (gold) normalised to sum 1 for the colours; each cell annotated with its raw count.
+
+    Classes are named as ``class_tick_labels`` says: SST-5's ids 0..4 get their names."""
     counts = np.asarray(matrix, dtype=float)
     if counts.ndim != 2 or counts.size == 0 or counts.shape[0] != counts.shape[1]:
         return None
     n = counts.shape[0]
-    labels = list(labels) if labels and len(labels) == n else [str(i) for i in range(n)]
+    labels = class_tick_labels(labels, n, label_names)
     row_sums = counts.sum(axis=1, keepdims=True)
     norm = np.divide(counts, row_sums, out=np.zeros_like(counts), where=row_sums > 0)
     size = max(4.0, 0.8 * n + 2.0)

@@ -74,7 +74,8 @@ def main(argv: list[str] | None = None) -> int:
     if result["missing_predictions"]:
         missing = [r["id"] for r in rows if r["missing"]]
         shown = ", ".join(missing[:5]) + (" ..." if len(missing) > 5 else "")
-        print(f"warning: {len(missing)} questions have no prediction and score 0: {shown}", file=sys.stderr)
+        print(f"warning: {len(missing)} questions have no prediction and score 0 (missing_scored_as: "
+              f"{result['missing_scored_as']}): {shown}", file=sys.stderr)
     if result["extra_predictions"]:
         print(f"warning: {result['extra_predictions']} predictions have ids that are not in {args.data}; ignored",
               file=sys.stderr)

@@ -96,7 +96,8 @@ def resolve_tokenizer(args, workdir: Path, parsed_for_corpus) -> tuple[str, str]
     _, data_args, _, run_args = parsed_for_corpus
     corpus = load_corpus(data_args, run_args.seed)
     folder = workdir / "tokenizer"
-    train_wordpiece(iter_document_text(corpus.lines["train"], corpus.ranges["train"], corpus.wikitext), 8000, folder)
+    train_wordpiece(lambda: iter_document_text(corpus.lines["train"], corpus.ranges["train"], corpus.wikitext), 8000,
+                    folder)
     return str(folder), "WordPiece 8000 trained on the training split (as smoke.yaml's train_tokenizer: 8000)"
 
 

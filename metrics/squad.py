@@ -19,9 +19,11 @@ Differences between the versions, kept as in the official scripts:
 
 Missing predictions: v1.1 officially scores them 0 and keeps them in the total; the official v2.0 script
 prints "Missing prediction for ..." and then crashes (KeyError) in its HasAns/NoAns split. Here both
-versions score a missing prediction as 0 (never as "", which would reward a missing answer on a
-no-answer question) and report ``missing_predictions``; ids not in the data are ignored and counted in
-``extra_predictions``.
+versions score a missing prediction as 0 (EM 0, F1 0, kept in the total; v2.0: also on a no-answer question,
+and at every threshold of the ``best_*`` sweep: never as "", which would reward a missing answer on a
+no-answer question as an abstention), and the result says so: ``missing_predictions`` (how many),
+``missing_scored_as`` (that rule, in words: ``MISSING_SCORED_AS_V1`` / ``MISSING_SCORED_AS_V2``) and, for v2.0,
+``HasAns_missing`` / ``NoAns_missing``. Ids not in the data are ignored and counted in ``extra_predictions``.
 
 The command line (``python -m analysis.squad``, reading the predictions and no-answer-probability files) is
 analysis/squad.py; the fine-tuning script train/finetune_qa.py scores with the functions here.
@@ -39,6 +41,13 @@ from typing import Any
 
 # metrics.text imports sacrebleu/rouge/nltk only inside its functions, so this costs nothing without aux=True.
 from metrics.text import text_metrics
+
+MISSING_SCORED_AS_V1 = "0 (EM 0, F1 0; kept in the total, as the official v1.1 script does)"
+MISSING_SCORED_AS_V2 = ("0 (EM 0, F1 0; kept in the total, also on no-answer questions and at every best_* threshold: "
+                        "not as the empty answer, so a missing prediction is no abstention; the official v2.0 "
+                        "script crashes instead)")
+# What auxiliary_metrics does with one (the n-gram metrics have no "missing": they need a string).
+MISSING_SCORED_AS_AUX = "the empty answer (n-gram scores 0)"
 
 _PUNCT_TABLE = str.maketrans("", "", string.punctuation)
 _ARTICLES = re.compile(r"\b(a|an|the)\b", re.UNICODE)
@@ -289,10 +298,11 @@ def _check_em_le_f1(rows: list[dict], exact: float, f1: float, total: int, allow
         )
 
 
-def _id_bookkeeping(rows: list[dict], predictions: Mapping[str, str]) -> dict:
+def _id_bookkeeping(rows: list[dict], predictions: Mapping[str, str], missing_scored_as: str) -> dict:
     ids = {row["id"] for row in rows}
     return {
         "missing_predictions": sum(row["missing"] for row in rows),
+        "missing_scored_as": missing_scored_as,
         "extra_predictions": sum(1 for qid in predictions if qid not in ids),
     }
 
@@ -314,7 +324,7 @@ def _aggregate_v1(rows: list[dict], predictions: Mapping[str, str], per_question
         "exact_match": _mean100([row["exact"] for row in rows]),
         "f1": _mean100([row["f1"] for row in rows]),
         "total": total,
-        **_id_bookkeeping(rows, predictions),
+        **_id_bookkeeping(rows, predictions, MISSING_SCORED_AS_V1),
         "empty_normalized_exact_matches": quirks,
     }
     _check_em_le_f1(rows, result["exact_match"], result["f1"], total, quirks)
@@ -350,6 +360,7 @@ def _aggregate_v2(rows: list[dict], predictions: Mapping[str, str], na_probs: Ma
         result[f"{prefix}_exact"] = _mean100([r["exact"] for r in subset]) if subset else None
         result[f"{prefix}_f1"] = _mean100([r["f1"] for r in subset]) if subset else None
         result[f"{prefix}_total"] = len(subset)
+        result[f"{prefix}_missing"] = sum(r["missing"] for r in subset)
     if na_probs is not None:
         result["best_exact"], result["best_exact_thresh"] = _best_threshold(rows, na_probs, "raw_exact")
         result["best_f1"], result["best_f1_thresh"] = _best_threshold(rows, na_probs, "raw_f1")
@@ -357,7 +368,7 @@ def _aggregate_v2(rows: list[dict], predictions: Mapping[str, str], na_probs: Ma
         result.update(best_exact=None, best_exact_thresh=None, best_f1=None, best_f1_thresh=None)
     result["exact_match"] = result["exact"]
     result["na_prob_thresh"] = na_prob_thresh
-    result.update(_id_bookkeeping(rows, predictions))
+    result.update(_id_bookkeeping(rows, predictions, MISSING_SCORED_AS_V2))
     _check_em_le_f1(rows, result["exact"], result["f1"], total, 0)
     if per_question:
         result["per_question"] = _public_rows(rows)
@@ -410,11 +421,13 @@ def evaluate_squad(dataset: dict | list, predictions: Mapping[str, str], na_prob
     Keys (EM/F1 values are percentages 0..100):
 
     * both versions: ``version`` ("1.1" | "2.0"), ``exact_match``, ``f1``, ``total`` (questions in the
-      data), ``missing_predictions`` (scored 0), ``extra_predictions`` (ids not in the data, ignored).
+      data), ``missing_predictions`` (questions without a prediction), ``missing_scored_as`` (how they were
+      scored, in words: 0, never as the empty answer), ``extra_predictions`` (ids not in the data, ignored).
     * v1.1 only: ``empty_normalized_exact_matches`` (EM 1 / F1 0 cases, see module docstring).
     * v2.0 only: ``exact`` (same value as ``exact_match``, the official name), ``HasAns_exact``,
-      ``HasAns_f1``, ``HasAns_total``, ``NoAns_exact``, ``NoAns_f1``, ``NoAns_total`` (exact/f1 are None for
-      an empty split), ``best_exact``, ``best_exact_thresh``, ``best_f1``, ``best_f1_thresh`` (None unless
+      ``HasAns_f1``, ``HasAns_total``, ``HasAns_missing``, ``NoAns_exact``, ``NoAns_f1``, ``NoAns_total``,
+      ``NoAns_missing`` (exact/f1 are None for an empty split; ``*_missing``: the split's questions without a
+      prediction), ``best_exact``, ``best_exact_thresh``, ``best_f1``, ``best_f1_thresh`` (None unless
       ``na_probs`` is given, as the official script prints them only with --na-prob-file),
       ``na_prob_thresh``.
     * ``per_question=True`` adds ``per_question``: one dict per question in file order with ``id``,
@@ -472,13 +485,17 @@ def auxiliary_metrics(rows: list[dict]) -> dict:
     The reference is ``best_gold``: the first gold answer with the highest official F1, i.e. the answer
     the F1 credit came from (for a prediction with no overlap: the first gold answer). Questions without
     a gold answer (v2.0 no-answer) are left out, because n-gram metrics are undefined on empty text; a
-    missing prediction, or a v2.0 question predicted as no-answer, counts as the empty answer.
+    missing prediction, or a v2.0 question predicted as no-answer, counts as the empty answer. The result says
+    how many of the questions used had no prediction (``missing_predictions``) and how they were scored
+    (``missing_scored_as``).
     """
     preds, refs = [], []
+    missing = 0
     for row in rows:
         if row["gold_answers"] == [""]:
             continue
         empty = row["missing"] or row.get("predicted_no_answer", False)
+        missing += row["missing"]
         preds.append("" if empty else row["prediction"])
         refs.append(row["best_gold"])
     skipped = len(rows) - len(preds)
@@ -489,4 +506,6 @@ def auxiliary_metrics(rows: list[dict]) -> dict:
     metrics["reference_choice"] = "best-matching gold answer by official F1 (first on ties)"
     metrics["questions_used"] = len(preds)
     metrics["questions_skipped_no_answer"] = skipped
+    metrics["missing_predictions"] = missing
+    metrics["missing_scored_as"] = MISSING_SCORED_AS_AUX
     return metrics

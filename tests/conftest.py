@@ -61,9 +61,8 @@ def corpus_dir(tmp_path_factory) -> Path:
     write_wikitext_corpus(folder / "train.raw", articles=24, seed=1)
     write_wikitext_corpus(folder / "valid.raw", articles=4, seed=2)
     write_wikitext_corpus(folder / "test.raw", articles=4, seed=3)
-    # One vocabulary shared by every test run: `tokenizers` breaks count ties in hash order, so
-    # two trainings on the same text can differ in rare tokens, and runs compared against each
-    # other must see the same ids. (--train_tokenizer itself is exercised by the smoke run.)
+    # One vocabulary shared by every test run, trained once (train_wordpiece is reproducible, so this is
+    # only to save time). (--train_tokenizer itself is exercised by the smoke run.)
     from train.common.data.pretraining import document_sentences
     from train.common.tokenizer import train_wordpiece
     lines = (folder / "train.raw").read_text().split("\n")

@@ -18,6 +18,7 @@ import pytest
 
 from metrics import classification, squad
 from metrics import text as text_metrics
+from train.common.data.sst import LABEL_NAMES as SST5_NAMES
 
 REPO = Path(__file__).resolve().parents[1]
 MODULES = REPO / "analysis" / "evaluate_modules"
@@ -225,14 +226,21 @@ def test_classification_module_gives_cli_and_plain_numbers(load):
     assert result == classification.classification_metrics(y_true, y_pred, label_names=names)
     printed = _cli("analysis.classification", "--predictions", jsonl, "--label-names", *names)
     # The CLI prints {"predictions": FILE, "splits": {split: metrics}}; the fixture has no split column, so one.
-    (cli_metrics,) = printed["splits"].values() if "splits" in printed else (printed,)
+    ((cli_split, cli_metrics),) = printed["splits"].items()
     assert result == cli_metrics
     assert module.compute(predictions=y_pred, references=y_true, num_classes=5) == \
         classification.classification_metrics(y_true, y_pred, num_classes=5)
-    words = [names[y] for y in y_true], [names[y] for y in y_pred]
+    # Without num_classes/label_names the CLI's default: SST-5's 5 named classes (the fixture has labels 0..2 only).
+    default = module.compute(predictions=y_pred, references=y_true)
+    assert default == classification.classification_metrics(y_true, y_pred, num_classes=5, label_names=SST5_NAMES)
+    assert default["label_names"] == list(SST5_NAMES) and default["per_class"]["very positive"]["support"] == 0
+    assert default == _cli("analysis.classification", "--predictions", jsonl)["splits"][cli_split]
+    words = [names[y] for y in y_true], [names[y] for y in y_pred]  # SST-5 class names: the same default
     as_strings = module.compute(predictions=words[1], references=words[0])
-    assert as_strings == classification.classification_metrics(*words)
-    assert as_strings["labels"] == sorted(names) and as_strings["accuracy"] == result["accuracy"]
+    assert as_strings == classification.classification_metrics(*words, label_names=SST5_NAMES)
+    assert as_strings["labels"] == list(SST5_NAMES) and as_strings["accuracy"] == result["accuracy"]
+    other = module.compute(predictions=["b", "a"], references=["a", "a"])  # other strings: the ones given, sorted
+    assert other == classification.classification_metrics(["a", "a"], ["b", "a"]) and other["labels"] == ["a", "b"]
 
 
 def test_combine_two_modules(load):
@@ -311,7 +319,7 @@ def test_modules_find_their_own_checkout_from_another_directory(tmp_path):
     path is the first loader's) must still get its own analysis package, and so must the repository after it.
     """
     other = tmp_path / "other-checkout"
-    for package in ("analysis", "metrics"):
+    for package in ("analysis", "metrics", "train"):  # train: SST-5's class names for classification
         shutil.copytree(REPO / package, other / package, ignore=shutil.ignore_patterns("__pycache__"))
     env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}
     env.update(HF_HUB_OFFLINE="1", HF_DATASETS_OFFLINE="1", HF_MODULES_CACHE=str(tmp_path / "modules"),

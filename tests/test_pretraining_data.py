@@ -283,3 +283,120 @@ def test_a_trained_vocabulary_is_reused_by_the_next_run_on_the_same_text(tmp_pat
     assert trained == [250, 300]
     cache = pretraining_setup.trained_vocabulary_cache(pd.load_corpus(args, 0), 300)
     assert (cache / "tokenizer.json").is_file() and not list(cache.parent.glob("wordpiece-*.partial-*"))
+
+
+def _vocab_txt(folder: Path) -> str:
+    """The vocabulary of a saved tokenizer as vocab.txt would hold it (a token per line, in id order); transformers 5
+    saves tokenizer.json only. Checked with the whole tokenizer.json, which must be identical too."""
+    import json
+    text = (folder / "tokenizer.json").read_text(encoding="utf-8")
+    vocab = json.loads(text)["model"]["vocab"]
+    assert sorted(vocab.values()) == list(range(len(vocab)))
+    return "\n".join(sorted(vocab, key=vocab.get)) + "\n" + "\n--- tokenizer.json ---\n" + text
+
+
+def test_the_trained_vocabulary_depends_on_the_training_documents_and_n_only(tmp_path, monkeypatch):
+    """Adding --test_file or --validation_file (or another test file) changes the line datasets' fingerprints and
+    cache folder, but neither the training documents nor the vocabulary: the same cache entry is found and reused."""
+    import datasets
+
+    from train.common.data import vocabulary
+
+    monkeypatch.setattr(datasets.config, "HF_DATASETS_CACHE", str(tmp_path / "hf-datasets"))
+    train = write_wikitext_corpus(tmp_path / "train.raw", articles=8, seed=21)
+    test_a = write_wikitext_corpus(tmp_path / "test_a.raw", articles=3, seed=22)
+    test_b = write_wikitext_corpus(tmp_path / "test_b.raw", articles=3, seed=23)
+    trained = []
+    real_train = vocabulary.train_wordpiece
+    monkeypatch.setattr(vocabulary, "train_wordpiece", lambda *a: trained.append(a[1]) or real_train(*a))
+
+    def run(name, **files):
+        args = _data_args(train_file=str(train), train_tokenizer=300, **files)
+        corpus = pd.load_corpus(args, 0)
+        vocabulary.obtain_tokenizer(args, corpus, tmp_path / name, True)
+        return corpus, _vocab_txt(tmp_path / name / "tokenizer")
+
+    plain, first = run("plain")
+    assert trained == [300]
+    with_test, again = run("with_test", test_file=str(test_a))
+    other_test, third = run("other_test", test_file=str(test_b))
+    assert trained == [300], "a test file must not retrain the vocabulary"
+    assert first == again == third
+    assert with_test.lines["train"]._fingerprint != plain.lines["train"]._fingerprint  # what the old key used
+    cache = vocabulary.trained_vocabulary_cache(plain, 300)
+    assert cache == vocabulary.trained_vocabulary_cache(with_test, 300) == \
+        vocabulary.trained_vocabulary_cache(other_test, 300)
+    assert cache.parent == tmp_path / "hf-datasets" / vocabulary.VOCABULARY_CACHE_FOLDER and _vocab_txt(cache) == first
+
+    # --validation_file: the whole training file is training text; the same as holding out nothing.
+    _, whole = run("whole", validation_split_percentage=0)
+    assert trained == [300, 300]  # other training documents (nothing held out): trained once more ...
+    _, with_validation = run("with_validation", validation_file=str(test_a), test_file=str(test_b))
+    assert trained == [300, 300] and with_validation == whole  # ... and reused with a validation file
+    # The digest follows the training documents only.
+    held_out = _data_args(train_file=str(train), validation_split_percentage=34)
+    assert vocabulary.training_text_digest(pd.load_corpus(held_out, 0)) != \
+        vocabulary.training_text_digest(plain)
+    assert vocabulary.training_text_digest(pd.load_corpus(held_out, 0)) == \
+        vocabulary.training_text_digest(pd.load_corpus(_data_args(train_file=str(train), test_file=str(test_a),
+                                                                  validation_split_percentage=34), 0))
+
+
+_TRAIN_IN_A_PROCESS = """
+import sys
+from train.common.data.pretraining import document_ranges, document_sentences
+from train.common.tokenizer import train_wordpiece
+lines = open(sys.argv[1], encoding="utf-8").read().splitlines()
+texts = [s for start, end in document_ranges(lines, "wikitext") for s in document_sentences(lines[start:end], True)]
+if sys.argv[4] == "reversed":  # the order of the texts must not matter either
+    texts.reverse()
+train_wordpiece(lambda: iter(texts), int(sys.argv[2]), sys.argv[3], limit_alphabet=int(sys.argv[5]))
+"""
+
+
+@pytest.mark.parametrize("vocab_size, limit_alphabet", [(250, 1000), (300, 20)])
+def test_training_is_reproducible_across_processes(tmp_path, vocab_size, limit_alphabet):
+    """The tokenizers trainer numbers tokens in hash-map order, random per process; train_wordpiece pins the
+    ids, so separate processes (different PYTHONHASHSEED, thread counts, text order) write the same vocab.txt,
+    also when the alphabet is cut (limit_alphabet=20 < the corpus's characters)."""
+    import os
+    import subprocess
+    import sys
+
+    from tests.conftest import REPO
+    corpus = write_wikitext_corpus(tmp_path / "c.raw", articles=10, seed=31)
+    corpus.write_text(corpus.read_text() + " = Accents = \n Café naïve Zürich Ångström São Paulo ß œ .\n")
+    written = []
+    for n, (seed, threads, order) in enumerate([("1", "1", "file"), ("2", "2", "file"), ("3", "2", "reversed")]):
+        out = tmp_path / f"tok{n}"
+        env = {**os.environ, "PYTHONHASHSEED": seed, "RAYON_NUM_THREADS": threads, "PYTHONPATH": str(REPO)}
+        subprocess.run([sys.executable, "-c", _TRAIN_IN_A_PROCESS, str(corpus), str(vocab_size), str(out), order,
+                        str(limit_alphabet)], env=env, check=True, cwd=REPO, timeout=300)
+        written.append(_vocab_txt(out))
+    assert written[0] == written[1] == written[2]
+    tokens = written[0].split("\n--- tokenizer.json ---\n")[0].splitlines()
+    assert tokens[:5] == ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"] and len(tokens) <= vocab_size
+    singles = [t for t in tokens if len(t) == 1]
+    assert len(singles) == min(limit_alphabet, len(singles)) and singles == sorted(singles)
+    if limit_alphabet == 20:
+        assert len(singles) == 20 and "ß" not in singles  # the rare characters are the ones cut
+
+
+def test_continuation_tokens_are_not_special_after_training(tmp_path):
+    """The "##c" tokens are pinned as special tokens while training; the saved tokenizer treats them as ordinary
+    vocabulary: "##" in text is split like any punctuation, and only BERT's 5 special tokens are special."""
+    from train.common.tokenizer import SPECIAL_TOKENS, train_wordpiece
+    corpus = write_wikitext_corpus(tmp_path / "c.raw", articles=6, seed=41)
+    lines = corpus.read_text().splitlines()
+    texts = [s for start, end in pd.document_ranges(lines, "wikitext")
+             for s in pd.document_sentences(lines[start:end], True)]
+    tokenizer = train_wordpiece(texts, 300, tmp_path / "tok")
+    assert sorted(tokenizer.all_special_tokens) == sorted(SPECIAL_TOKENS)
+    assert "##a" in tokenizer.get_vocab()
+    # A "##r" special token would match inside "##river"; as vocabulary, "#" splits off (unknown here) and
+    # "river" is a word of its own.
+    assert tokenizer.tokenize("the ##river")[:3] == ["the", "[UNK]", "[UNK]"]
+    assert "##r" not in tokenizer.tokenize("the ##river")
+    assert tokenizer.decode(tokenizer("the river")["input_ids"], skip_special_tokens=True) == "the river"
+    again = train_wordpiece(iter(texts), 300, tmp_path / "again")  # a one-shot iterator is read into a list
+    assert again.get_vocab() == tokenizer.get_vocab()

@@ -429,6 +429,43 @@ def test_v2_missing_prediction_scores_zero_where_official_crashes():
     assert (result["exact"], result["NoAns_exact"], result["missing_predictions"]) == (50.0, 0.0, 1)
     with_probs = evaluate_v2(articles, {"has": "yes"}, {"has": 0.3})
     assert with_probs["best_exact"] == 50.0
+    # ... and the result says how many were missing, where, and how they were scored.
+    assert (result["HasAns_missing"], result["NoAns_missing"]) == (0, 1)
+    assert result["missing_scored_as"] == squad_metrics.MISSING_SCORED_AS_V2
+    assert result["missing_scored_as"].startswith("0 (EM 0, F1 0") and "not as the empty answer" in \
+        result["missing_scored_as"]
+    # An empty-string prediction on the same question IS an abstention and earns the point.
+    abstained = evaluate_v2(articles, {"has": "yes", "none": ""})
+    assert (abstained["exact"], abstained["NoAns_exact"], abstained["missing_predictions"]) == (100.0, 100.0, 0)
+    assert abstained["missing_scored_as"] == result["missing_scored_as"]  # the key is there with none missing
+
+
+def test_missing_predictions_are_reported_in_both_versions_and_em_le_f1_still_checked(tmp_path, monkeypatch,
+                                                                                        capsys):
+    v1 = evaluate_v1(_v1_articles([("q1", ["Broncos"]), ("q2", ["Panthers"])]), {"q1": "Broncos"})
+    assert (v1["missing_predictions"], v1["missing_scored_as"]) == (1, squad_metrics.MISSING_SCORED_AS_V1)
+    assert (v1["exact_match"], v1["f1"]) == (50.0, 50.0)
+    # The v2.0 CLI on a predictions file without one answerable and one no-answer question.
+    preds = json.loads((FIXTURES / "squad_v2_tiny_predictions.json").read_text())
+    dataset = json.loads((FIXTURES / "squad_v2_tiny.json").read_text())
+    kinds = {qa["id"]: bool(qa["answers"]) for article in dataset["data"] for paragraph in article["paragraphs"]
+             for qa in paragraph["qas"]}
+    dropped = [next(q for q, has in kinds.items() if has), next(q for q, has in kinds.items() if not has)]
+    partial = tmp_path / "partial.json"
+    partial.write_text(json.dumps({q: a for q, a in preds.items() if q not in dropped}))
+    assert squad.main(["--data", str(FIXTURES / "squad_v2_tiny.json"), "--predictions", str(partial)]) == 0
+    captured = capsys.readouterr()
+    printed = json.loads(captured.out)
+    assert (printed["missing_predictions"], printed["HasAns_missing"], printed["NoAns_missing"]) == (2, 1, 1)
+    assert printed["missing_scored_as"] == squad_metrics.MISSING_SCORED_AS_V2
+    assert f"2 questions have no prediction and score 0 (missing_scored_as: {printed['missing_scored_as']})" \
+        in captured.err
+    full = evaluate_squad(dataset, {q: a for q, a in preds.items() if q not in dropped})
+    assert printed["exact"] == full["exact"] and printed["exact"] <= printed["f1"]
+    # The EM <= F1 check still runs with missing predictions.
+    monkeypatch.setattr(squad_metrics, "_token_f1", lambda pred, gold, v2: 0.0)
+    with pytest.raises(SquadMetricBug):
+        evaluate_v1(_v1_articles([("q1", ["Broncos"]), ("q2", ["Panthers"])]), {"q1": "Broncos"})
 
 
 def test_v2_na_probs_must_cover_predicted_questions():
@@ -463,12 +500,12 @@ def test_em_gt_f1_raises_bug(monkeypatch):
 def test_key_sets_are_documented():
     v1 = evaluate_squad(json.loads((FIXTURES / "squad_v1_tiny.json").read_text()), {})
     v2 = evaluate_squad(json.loads((FIXTURES / "squad_v2_tiny.json").read_text()), {})
-    assert set(v1) == {"version", "exact_match", "f1", "total", "missing_predictions", "extra_predictions",
-                       "empty_normalized_exact_matches"}
+    assert set(v1) == {"version", "exact_match", "f1", "total", "missing_predictions", "missing_scored_as",
+                       "extra_predictions", "empty_normalized_exact_matches"}
     assert set(v2) == {"version", "exact", "exact_match", "f1", "total", "HasAns_exact", "HasAns_f1",
-                       "HasAns_total", "NoAns_exact", "NoAns_f1", "NoAns_total", "best_exact",
-                       "best_exact_thresh", "best_f1", "best_f1_thresh", "na_prob_thresh",
-                       "missing_predictions", "extra_predictions"}
+                       "HasAns_total", "HasAns_missing", "NoAns_exact", "NoAns_f1", "NoAns_total", "NoAns_missing",
+                       "best_exact", "best_exact_thresh", "best_f1", "best_f1_thresh", "na_prob_thresh",
+                       "missing_predictions", "missing_scored_as", "extra_predictions"}
     assert v1["missing_predictions"] == 5 and v1["exact_match"] == 0.0
 
 
@@ -523,7 +560,9 @@ def test_cli_v1_prints_json_and_writes_outputs(tmp_path, capsys):
     assert printed["exact_match"] == pytest.approx(20.0)
     assert printed["f1"] == pytest.approx(100 * (1 + 4 / 7) / 5)
     assert (printed["missing_predictions"], printed["extra_predictions"], printed["total"]) == (1, 1, 5)
-    assert "1 questions have no prediction and score 0: v1-q5" in captured.err
+    assert "1 questions have no prediction and score 0 (missing_scored_as: 0 (EM 0, F1 0" in captured.err
+    assert captured.err.splitlines()[0].endswith("): v1-q5")
+    assert printed["missing_scored_as"] == squad_metrics.MISSING_SCORED_AS_V1
     assert json.loads(out.read_text())["f1"] == printed["f1"]
     lines = [json.loads(line) for line in per_q.read_text().splitlines()]
     assert [r["id"] for r in lines] == ["v1-q1", "v1-q2", "v1-q3", "v1-q4", "v1-q5"]
@@ -566,6 +605,9 @@ def test_cli_aux_adds_labelled_auxiliary_metrics(capsys):
     assert (aux["questions_used"], aux["questions_skipped_no_answer"]) == (2, 2)
     assert aux["rouge1"] == pytest.approx(0.5)
     assert aux["meteor"] == pytest.approx(0.25)  # one-word exact match scores 0.5 in nltk METEOR
+    assert aux["bleu_sentence_mean"] == 50.0  # 100.0 (clamped) and 0
+    assert aux["rouge2"] == 0.0 and "one-word" in aux["notes"]["rouge2"]  # the exact "Paris" has no bigram
+    assert (aux["missing_predictions"], aux["missing_scored_as"]) == (0, squad_metrics.MISSING_SCORED_AS_AUX)
 
 
 # ====================================================================================================

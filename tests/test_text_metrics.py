@@ -7,6 +7,7 @@ skip (with that instruction) only where it is not installed.
 from __future__ import annotations
 
 import io
+import math
 import os
 import shutil
 import subprocess
@@ -22,7 +23,9 @@ from metrics import text as tm
 
 # Golden inputs. Expected numbers were computed by calling the libraries directly (not through
 # metrics.text): sacrebleu.metrics.BLEU(lowercase=True, tokenize="13a", smooth_method="exp",
-# effective_order=True, force=True).corpus_score(HYPS, [REFS]).score; rouge_score.RougeScorer(types,
+# effective_order=True, force=True).corpus_score(HYPS, [REFS]).score; bleu_sentence_mean: the mean of
+# sacrebleu.sentence_bleu(hyp, [ref], smooth_method="exp", lowercase=True, tokenize="13a",
+# use_effective_order=True).score over the four pairs; rouge_score.RougeScorer(types,
 # use_stemmer=False).score(ref, hyp).fmeasure averaged (its default tokenizer splits this ASCII text exactly
 # like ours); nltk meteor_score([re.findall(r"\w+", ref.lower())], re.findall(r"\w+", hyp.lower())) averaged.
 # sacrebleu 2.6.0, rouge-score 0.1.2, nltk 3.10.4 with WordNet 3.0.
@@ -30,6 +33,7 @@ HYPS = ["the denver broncos won the game", "santa clara california", "in 1956", 
 REFS = ["Denver Broncos", "Santa Clara, California", "1956", "Levi's Stadium in Santa Clara"]
 GOLDEN = {
     "bleu": 20.333448190047886,
+    "bleu_sentence_mean": 33.42126396090796,
     "rouge1": 0.7083333333333333,
     "rouge2": 0.4761904761904763,
     "rougeL": 0.7083333333333333,
@@ -67,11 +71,46 @@ def test_golden_values_match_the_libraries():
     assert result["note"].startswith("auxiliary")
 
 
+def test_sentence_bleu_beside_corpus_bleu_by_hand():
+    sacrebleu = pytest.importorskip("sacrebleu")
+    hyps, refs = ["Denver", "Paris", "the broncos"], ["Denver Broncos", "paris", "Denver Broncos"]
+    result = tm.text_metrics(hyps, refs, with_meteor=False)
+    # Sentence BLEU (effective order, exp smoothing: a zero count of an order with n-grams counts as 1/2):
+    #   "Denver" / "Denver Broncos": p1 = 1, brevity penalty exp(1 - 2/1)            -> 100 / e
+    #   "Paris" / "paris": p1 = 1, BP 1                                               -> 100
+    #   "the broncos" / "Denver Broncos": p1 = 1/2, p2 = 0/1 -> 1/2, BP 1             -> 50
+    sentence = [100 / math.e, 100.0, 50.0]
+    assert result["bleu_sentence_mean"] == pytest.approx(sum(sentence) / 3, rel=1e-12)
+    by_library = [sacrebleu.sentence_bleu(h, [r], smooth_method="exp", lowercase=True, tokenize="13a",
+                                          use_effective_order=True).score for h, r in zip(hyps, refs, strict=True)]
+    assert by_library == pytest.approx(sentence, rel=1e-12)
+    # Corpus BLEU pools the counts: hyp length 4, ref length 5 -> BP exp(1 - 5/4); p1 = 3/4, p2 = 0/1 -> 1/2.
+    assert result["bleu"] == pytest.approx(100 * math.exp(-0.25) * math.sqrt(3 / 4 * 1 / 2), rel=1e-12)
+    assert result["bleu"] < result["bleu_sentence_mean"]
+    notes = result["notes"]
+    assert notes["bleu"].startswith("corpus BLEU") and "sentence_score" in notes["bleu_sentence_mean"]
+
+
+def test_perfect_answers_score_exactly_100_and_notes_explain_rouge():
+    result = tm.text_metrics(["Paris", "the cat sat on the mat"], ["paris", "The cat sat on the mat"],
+                             with_meteor=False)
+    # sacrebleu gives 100.00000000000004 for these; clamped.
+    assert result["bleu"] == 100.0 and result["bleu_sentence_mean"] == 100.0
+    assert tm.corpus_bleu(["Paris"], [["paris"]])[0] == 100.0
+    assert tm.sentence_bleu_mean(["Paris"], [["paris"]]) == 100.0
+    # The one-word exact answer has no bigram: ROUGE-2 0 for it, 1 for the sentence -> mean 0.5; the notes say so.
+    assert result["rouge2"] == 0.5 and result["rouge1"] == 1.0
+    notes = result["notes"]
+    assert set(notes) == {"bleu", "bleu_sentence_mean", "rouge", "rouge2", "meteor"} and notes == tm.NOTES
+    assert "F-measure" in notes["rouge"] and "\\w+" in notes["rouge"]
+    assert "one-word" in notes["rouge2"] and "0.707" in notes["rouge2"]
+
+
 def test_identical_and_disjoint_strings():
     _wordnet_or_skip()
     same = tm.text_metrics(["the cat sat on the mat", "Zürich Hauptbahnhof station"],
                            ["the cat sat on the mat", "Zürich Hauptbahnhof station"])
-    assert same["bleu"] == pytest.approx(100.0)
+    assert same["bleu"] == 100.0 and same["bleu_sentence_mean"] == 100.0
     for key in ("rouge1", "rouge2", "rougeL", "rougeLsum"):
         assert same[key] == pytest.approx(1.0), key
     # nltk METEOR keeps a fragmentation penalty of 0.5 * (1 chunk / n matches)**3 even for a perfect match.

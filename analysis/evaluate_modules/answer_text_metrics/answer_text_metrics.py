@@ -66,8 +66,9 @@ def _import_from_repository(*modules):
 (_text_metrics,) = _import_from_repository("metrics.text")
 
 _DESCRIPTION = """AUXILIARY text-overlap metrics on short answers, computed by metrics.text.text_metrics:
-sacrebleu corpus BLEU (0..100, 13a tokenizer, lowercase, exp smoothing, effective order), rouge-score
-ROUGE-1/2/L/Lsum F-measure and nltk METEOR (0..1, mean over examples, lowercase \\w+ tokens). Reported next to
+sacrebleu corpus BLEU and the mean of sacrebleu sentence BLEU (0..100, 13a tokenizer, lowercase, exp smoothing,
+effective order; a perfect match is 100.0), rouge-score ROUGE-1/2/L/Lsum F-measure and nltk METEOR (0..1, mean over
+examples, lowercase \\w+ tokens). ROUGE-2 of a one-word answer is 0, an exact match included. Reported next to
 EM/F1, never instead of them. METEOR needs WordNet 3.0 installed offline (python -m analysis.wordnet_setup)."""
 
 _KWARGS_DESCRIPTION = """
@@ -76,8 +77,9 @@ Args:
     references: list of one reference string, or of a list of acceptable strings, per prediction.
     with_meteor: compute METEOR (needs WordNet 3.0); with False, "meteor" is None. Default True.
 Returns:
-    bleu (0..100), bleu_signature, rouge1, rouge2, rougeL, rougeLsum, meteor (0..1), num_examples and note (which
-    says that these metrics are auxiliary).
+    bleu (corpus BLEU, 0..100), bleu_sentence_mean (mean sentence BLEU, 0..100), bleu_signature, rouge1, rouge2,
+    rougeL, rougeLsum (F-measures), meteor (0..1), num_examples, note (which says that these metrics are auxiliary)
+    and notes (what each figure is: corpus vs sentence BLEU, ROUGE F-measure and tokeniser, ROUGE-2 of one word).
 Examples:
     >>> aux = evaluate.load("analysis/evaluate_modules/answer_text_metrics")
     >>> aux.compute(predictions=["Denver Broncos"], references=[["Denver Broncos", "Broncos"]])["rouge1"]

@@ -62,19 +62,25 @@ def _import_from_repository(*modules):
                           ) from exc
 # ---- end of repository locator ----
 
-(_classification,) = _import_from_repository("metrics.classification")
+# analysis.classification (the CLI's default label set) reads SST-5's class names from train.common.data.sst: named
+# here so that the locator checks that train/ too is this checkout's.
+_classification, _cli, _ = _import_from_repository("metrics.classification", "analysis.classification",
+                                                   "train.common.data.sst")
 
 _DESCRIPTION = """Accuracy, macro and weighted precision/recall/F1 (0..1), per-class scores and the confusion matrix
 (rows = true, columns = predicted), computed by metrics.classification.classification_metrics: the numbers
 `python -m analysis.classification` prints for a split. Every class of the label set counts in the macro average,
-also one that never occurs; a zero division gives 0."""
+also one that never occurs; a zero division gives 0. Without num_classes and label_names the label set is the CLI's
+default (analysis.classification.default_label_set): SST-5's 5 named classes for integer labels 0..4 or SST-5 class
+names, else the labels given (integer ids 0..max, or the sorted strings)."""
 
 _KWARGS_DESCRIPTION = """
 Args:
     predictions: list of predicted labels (int or str).
     references: list of true labels, of the same type.
     num_classes: integer labels are range(num_classes) (the CLI's --num-classes). Optional.
-    label_names: class names in label order (the CLI's --label-names). Optional.
+    label_names: class names in label order (the CLI's --label-names). Optional. Without either, the CLI's default:
+        SST-5 (5 classes, "very negative" .. "very positive") when the labels are 0..4 or those names.
 Returns:
     accuracy, macro_precision, macro_recall, macro_f1, weighted_precision, weighted_recall, weighted_f1,
     per_class ({name: {precision, recall, f1, support}}), confusion_matrix, labels, label_names, num_examples.
@@ -103,4 +109,6 @@ class Classification(evaluate.Metric):
         )
 
     def _compute(self, predictions, references, num_classes=None, label_names=None):
+        if num_classes is None and label_names is None:
+            num_classes, label_names, _, _ = _cli.default_label_set([*references, *predictions])
         return _classification.classification_metrics(references, predictions, num_classes, label_names)

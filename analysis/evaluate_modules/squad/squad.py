@@ -77,8 +77,8 @@ Args:
         CLI's --aux does. Default False.
 Returns:
     exact_match, f1 (0..100), version ("1.1"), total (references), missing_predictions (references without a
-    prediction, scored 0), extra_predictions (ids not among the references, ignored), empty_normalized_exact_matches
-    (the official EM 1 / F1 0 cases); auxiliary_text_metrics with aux=True.
+    prediction), missing_scored_as (how those were scored: 0), extra_predictions (ids not among the references,
+    ignored), empty_normalized_exact_matches (the official EM 1 / F1 0 cases); auxiliary_text_metrics with aux=True.
 Examples:
     >>> squad = evaluate.load("analysis/evaluate_modules/squad")
     >>> squad.compute(predictions=[{"id": "q1", "prediction_text": "the Broncos"}],

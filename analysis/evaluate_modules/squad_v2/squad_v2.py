@@ -81,10 +81,11 @@ Args:
     aux: also return "auxiliary_text_metrics" (BLEU/ROUGE/METEOR against the best-matching gold answer, no-answer
         questions left out), as the CLI's --aux does. Default False.
 Returns:
-    exact and exact_match (the same value), f1, total, HasAns_exact, HasAns_f1, HasAns_total, NoAns_exact,
-    NoAns_f1, NoAns_total (exact/f1 None for an empty split), best_exact, best_exact_thresh, best_f1,
-    best_f1_thresh (None without probabilities), na_prob_thresh, version ("2.0"), missing_predictions (scored 0),
-    extra_predictions (ignored); auxiliary_text_metrics with aux=True.
+    exact and exact_match (the same value), f1, total, HasAns_exact, HasAns_f1, HasAns_total, HasAns_missing,
+    NoAns_exact, NoAns_f1, NoAns_total, NoAns_missing (exact/f1 None for an empty split), best_exact,
+    best_exact_thresh, best_f1, best_f1_thresh (None without probabilities), na_prob_thresh, version ("2.0"),
+    missing_predictions, missing_scored_as (how those were scored: 0, also on no-answer questions, not as an
+    abstention), extra_predictions (ignored); auxiliary_text_metrics with aux=True.
 Examples:
     >>> squad_v2 = evaluate.load("analysis/evaluate_modules/squad_v2")
     >>> squad_v2.compute(predictions=[{"id": "q1", "prediction_text": "", "no_answer_probability": 0.9}],
