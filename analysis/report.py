@@ -56,9 +56,10 @@ COLUMNS = {
     "pretraining": (
         ("world_size", "world size"), ("steps", "steps"), ("epochs", "epochs"),
         ("final_train_loss", "train loss (last)"), ("mlm_loss", "val MLM loss"),
-        ("perplexity", "val perplexity"), ("nsp_accuracy", "val NSP acc"),
+        ("perplexity", "val perplexity"), ("unigram_perplexity", "unigram baseline (val)"),
+        ("nsp_accuracy", "val NSP acc"), ("nsp_majority_accuracy", "NSP majority (val)"),
         ("test_mlm_loss", "test MLM loss"), ("test_perplexity", "test perplexity"),
-        ("test_nsp_accuracy", "test NSP acc"),
+        ("test_unigram_perplexity", "unigram baseline (test)"), ("test_nsp_accuracy", "test NSP acc"),
     ),
     "classification": (
         ("world_size", "world size"), ("steps", "steps"), ("dev_accuracy", "dev acc"),
@@ -323,7 +324,7 @@ def table_values(run: Run) -> dict:
             _, ppl, _ = perplexity_by_epoch(run)
             last = {"perplexity": ppl[-1]} if ppl else {}
         test = _dict(res.get("test"))
-        for key in ("mlm_loss", "perplexity", "nsp_accuracy"):
+        for key in ("mlm_loss", "perplexity", "nsp_accuracy", "unigram_perplexity", "nsp_majority_accuracy"):
             values[key] = _num(last.get(key))
             values[f"test_{key}"] = _num(test.get(key))
     elif run.task == "classification":
@@ -401,6 +402,26 @@ def sanity_checks(run: Run) -> list[Check]:
     return checks
 
 
+def _check_against_baselines(run: Run, add) -> None:
+    """Plainly: does the model beat word frequencies (unigram perplexity on the same masks), and NSP chance?"""
+    test = (run.eval_results or {}).get("test")
+    last = test if isinstance(test, dict) and test else (run.epochs[-1] if run.epochs else {})
+    label = "test" if last is test else "last validation"
+    p, unigram = _num(last.get("perplexity")), _num(last.get("unigram_perplexity"))
+    if p is not None and unigram is not None:
+        if p < unigram:
+            add("ok", f"{label}: perplexity {p:.3f} beats the unigram baseline {unigram:.3f} ({p / unigram:.2f}x)")
+        else:
+            add("warning", f"{label}: perplexity {p:.3f} does NOT beat the unigram baseline {unigram:.3f}: the model "
+                           "has learnt no more than word frequencies")
+    acc, majority = _num(last.get("nsp_accuracy")), _num(last.get("nsp_majority_accuracy"))
+    if acc is not None and majority is not None:
+        if acc > majority + 0.02:
+            add("ok", f"{label}: NSP accuracy {acc:.4f} beats always-majority {majority:.4f}")
+        else:
+            add("warning", f"{label}: NSP accuracy {acc:.4f} is at chance (always-majority {majority:.4f})")
+
+
 def _check_perplexity(run: Run, add) -> None:
     xs, ppl, xlabel = perplexity_by_epoch(run)
     if len(ppl) >= 2:
@@ -415,6 +436,7 @@ def _check_perplexity(run: Run, add) -> None:
         add("info", f"one perplexity value ({ppl[0]:.3f}): its trend cannot be checked")
     else:
         add("info", "no perplexity recorded")
+    _check_against_baselines(run, add)
     rows = [(f"epoch {e.get('epoch')}", e) for e in run.epochs]
     test = (run.eval_results or {}).get("test")
     if isinstance(test, dict):

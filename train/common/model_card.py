@@ -6,6 +6,8 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import Any
 
+from .evaluation import baseline_notes
+
 
 def finetune_model_card(title: str, tags: str, config: dict, load_report: dict, headline: dict[str, float | None],
                         train_state, distributed: dict, notes: Sequence[str] = ()) -> str:
@@ -46,12 +48,20 @@ def model_card(config: dict[str, Any], eval_results: dict[str, Any], train_state
         f"| processes / precision | {distributed['num_processes']} / {distributed['mixed_precision']} |",
         f"| pooler | {pooler} |", "",
         "## Held-out results (fixed evaluation masks)", "",
-        "| split | perplexity | MLM loss | NSP accuracy |", "|---|---|---|---|",
+        "| split | perplexity | unigram baseline | MLM loss | NSP accuracy | NSP majority baseline |",
+        "|---|---|---|---|---|---|",
     ]
+
+    def shown(value, digits: int) -> str:
+        return "n/a" if value is None else f"{value:.{digits}f}"
+
     for name, row in (("validation (last)", last), ("test", test)):
         if row:
-            acc = row.get("nsp_accuracy")
-            lines.append(f"| {name} | {row['perplexity']:.3f} | {row['mlm_loss']:.4f} | "
-                         f"{'n/a' if acc is None else f'{acc:.4f}'} |")
-    lines += ["", "Perplexity = exp(summed masked-token NLL / number of masked tokens).", ""]
+            lines.append(f"| {name} | {row['perplexity']:.3f} | {shown(row.get('unigram_perplexity'), 3)} | "
+                         f"{row['mlm_loss']:.4f} | {shown(row.get('nsp_accuracy'), 4)} | "
+                         f"{shown(row.get('nsp_majority_accuracy'), 4)} |")
+    lines += ["", "Perplexity = exp(summed masked-token NLL / number of masked tokens). The unigram baseline scores "
+              "the same masked tokens with the training split's token frequencies (add-one smoothed); the NSP "
+              "majority baseline always gives the evaluation split's more frequent answer.",
+              *baseline_notes(test or last), ""]
     return "\n".join(lines)

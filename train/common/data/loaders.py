@@ -9,38 +9,11 @@ from __future__ import annotations
 
 import hashlib
 import os
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterable, Iterator, Sequence
 from typing import TypeVar
 
 import torch
-from torch.utils.data import DataLoader
-import hashlib
-import json
-import os
-from collections.abc import Callable, Sequence
-from dataclasses import replace
-from pathlib import Path
-from typing import Any
-import numpy as np
-import torch
-import torch.nn.functional as F
-from accelerate.logging import get_logger
-from accelerate.utils import set_seed
 from torch.utils.data import DataLoader, Dataset, Sampler
-from ..config import ConfigError, flat_config
-from ..console import eval_batches
-from ..distributed import output_path
-from ..preemption import write_marker
-from ..run_folder import (
-    MetricsLogger,
-    check_output_dir,
-    clear_run_files,
-    load_eval_results,
-    numeric_summary,
-    write_json_atomic,
-    write_run_config,
-)
-from ..tokenizer import load_tokenizer
 
 T = TypeVar("T")
 
