@@ -12,6 +12,9 @@ The masked positions come from the collator as a fixed-width table (`mlm_positio
 BERT's masked_lm_positions / ids): every shape is then known before the data is, there is no
 device-to-host sync, and `--torch_compile` compiles the whole objective (encoder, heads and losses)
 as one graph. Batches without the table (another collator) fall back to boolean indexing.
+
+A batch without `attention_mask` has no padding (the collator's `omit_full_attention_mask`): the encoder gets
+attention_mask=None, so SDPA may take its no-mask kernels and no mask is built or checked on the device.
 """
 
 from __future__ import annotations
@@ -86,8 +89,9 @@ class PretrainingObjective(nn.Module):
         # DeepSpeed's "auto" ZeRO-3 bucket sizes are derived from model.config.hidden_size.
         return self.model.config
 
-    def forward(self, input_ids, attention_mask, token_type_ids, labels, next_sentence_label=None,
-                mlm_positions=None, mlm_labels=None):
+    def forward(self, input_ids, token_type_ids, labels, next_sentence_label=None, mlm_positions=None,
+                mlm_labels=None, attention_mask=None):
+        # attention_mask None: no padding (the collator leaves the mask out of full batches).
         sequence_output, pooled_output = self.model.bert(
             input_ids=input_ids, attention_mask=attention_mask, token_type_ids=token_type_ids,
             return_dict=False)[:2]
