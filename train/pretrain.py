@@ -182,7 +182,8 @@ def main(argv=None, overrides: Overrides | None = None) -> int:
     bert_config = build_bert_config(model_args, len(tokenizer), tokenizer)
     with zero3_init_as_configured(accelerator):
         model = PretrainingObjective(build_pretraining_model(bert_config, model_args.attn_implementation),
-                                     sparse_mlm_head=model_args.sparse_mlm_head, nsp=data_args.nsp)
+                                     sparse_mlm_head=model_args.sparse_mlm_head, nsp=data_args.nsp,
+                                     fused_encoder=model_args.fused_encoder)
     if model_args.torch_compile:
         # The whole objective, in place: parameter names (and checkpoints) stay unchanged. With the
         # collator's position table it is one graph (no data-dependent shapes).

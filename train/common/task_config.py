@@ -222,6 +222,11 @@ class PretrainingModelArguments:
                                   default=True)
     torch_compile: bool = _help("torch.compile the whole objective (encoder, heads and losses) as one graph.",
                                 default=False)
+    fused_encoder: bool = _help(
+        "Run the encoder as train/common/fused_encoder.py writes it (one QKV GEMM, SDPA, bias+dropout+residual+"
+        "LayerNorm for the compiler to fuse, activations in the autocast dtype) over BertForPreTraining's own "
+        "weights: same parameters and checkpoints. Meant for GPUs with --torch_compile; off until measured faster.",
+        default=False)
 
     def __post_init__(self):
         _choice("attn_implementation", self.attn_implementation, ("sdpa", "eager"))
