@@ -240,3 +240,13 @@ def test_fused_encoder_trains_and_exports_like_the_hf_encoder(corpus_dir, tmp_pa
     train = [line for line in lines["fused"] if "split" not in line]
     assert len(train) == 3 and all(0.0 <= line["padding_fraction"] < 1.0 for line in train)
     assert_same_tensors(final_tensors(runs["hf"]), final_tensors(runs["fused"]), exact=False, atol=1e-5)
+
+
+@pytest.mark.slow
+def test_torch_compile_mode_reaches_model_compile(corpus_dir, tmp_path, monkeypatch):
+    calls = []
+    monkeypatch.setattr(PretrainingObjective, "compile", lambda self, *args, **kwargs: calls.append((args, kwargs)))
+    assert run_pretrain(pretrain_args(corpus_dir, tmp_path / "run", "--max_train_steps", "1", "--torch_compile",
+                                      "--torch_compile_mode", "max-autotune-no-cudagraphs",
+                                      "--checkpointing_steps", "none")) == 0
+    assert calls == [((), {"mode": "max-autotune-no-cudagraphs"})]

@@ -187,7 +187,7 @@ def main(argv=None, overrides: Overrides | None = None) -> int:
     if model_args.torch_compile:
         # The whole objective, in place: parameter names (and checkpoints) stay unchanged. With the
         # collator's position table it is one graph (no data-dependent shapes).
-        model.compile()
+        model.compile(mode=model_args.torch_compile_mode)
     optimizer = (overrides.build_optimizer or build_optimizer)(model, opt_args, accelerator.device)
     model, optimizer, train_dataloader = accelerator.prepare(model, optimizer, train_dataloader)
     eval_dataloaders = {k: accelerator.prepare(v) for k, v in eval_dataloaders.items()}
