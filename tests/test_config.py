@@ -52,6 +52,31 @@ def test_invalid_values_are_rejected():
         parse_config(PRETRAIN, ["--checkpointing_steps", "often"])
 
 
+def test_torch_compile_mode_is_validated():
+    from train.common.task_config import COMPILE_MODES
+    assert parse_config(PRETRAIN, [])[0].torch_compile_mode == "default"
+    for mode in COMPILE_MODES:
+        assert parse_config(PRETRAIN, ["--torch_compile", "--torch_compile_mode", mode])[0].torch_compile_mode == mode
+    with pytest.raises(ConfigError, match="^torch_compile_mode must be one of default, reduce-overhead, "
+                                          "max-autotune-no-cudagraphs; got 'fast'$"):
+        parse_config(PRETRAIN, ["--torch_compile", "--torch_compile_mode", "fast"])
+    with pytest.raises(ConfigError, match="--torch_compile_mode reduce-overhead needs --torch_compile"):
+        parse_config(PRETRAIN, ["--torch_compile_mode", "reduce-overhead"])
+
+
+@pytest.mark.slow
+def test_a_bad_torch_compile_mode_is_one_error_line():
+    import subprocess
+    import sys
+
+    from tests.conftest import launch_env
+    proc = subprocess.run([sys.executable, "train/pretrain.py", "--torch_compile", "--torch_compile_mode", "max"],
+                          cwd=REPO, env=launch_env(), capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 2 and proc.stderr.strip().splitlines() == [
+        "error: torch_compile_mode must be one of default, reduce-overhead, max-autotune-no-cudagraphs; got 'max'"], \
+        proc.stderr[-3000:]
+
+
 @pytest.mark.parametrize("preset", sorted((REPO / "train/configs").glob("*.yaml")), ids=lambda p: p.name)
 def test_every_preset_validates(preset):
     text = yaml.safe_load(preset.read_text())

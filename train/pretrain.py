@@ -62,7 +62,7 @@ from train.common.throughput import IntervalTimer, bert_training_flops, mfu, pea
 
 logger = get_logger(__name__)
 # Summed on the device over a logging interval, reduced across ranks only when logged.
-STATS = ("mlm_nll", "masked", "nsp_nll", "sequences", "tokens", "sum_len_sq")
+STATS = ("mlm_nll", "masked", "nsp_nll", "sequences", "tokens", "sum_len_sq", "padded_tokens")
 
 
 @dataclass
@@ -111,7 +111,7 @@ def build_dataloaders(inputs: PretrainingInputs, model_args, data_args, opt_args
 
     def collator(seed: int) -> PretrainingCollator:
         return PretrainingCollator(inputs.tokenizer, data_args.mlm_probability, data_args.whole_word_masking,
-                                   seed=seed, mlm_positions_per_row=positions_per_row)
+                                   seed=seed, mlm_positions_per_row=positions_per_row, omit_full_attention_mask=True)
 
     def loader(split: str, collate, batch_size: int, train: bool):
         return build_dataloader(IndexedDataset(inputs.splits[split]), collate, batch_size, train,
@@ -125,10 +125,20 @@ def build_dataloaders(inputs: PretrainingInputs, model_args, data_args, opt_args
 
 
 def batch_stats(batch, sums) -> torch.Tensor:
-    lengths = batch["attention_mask"].sum(dim=1).double()
+    ids, mask = batch["input_ids"], batch.get("attention_mask")  # no mask: no padding
+    full = ids.new_full(ids.shape[:1], ids.shape[1], dtype=torch.float64)  # a fill on the device, not a copy
+    lengths = mask.sum(dim=1).double() if mask is not None else full
     return torch.stack([sums.mlm_nll.detach().double().sum(), sums.masked_tokens.double().sum(),
                         sums.nsp_nll.detach().double().sum(), torch.ones_like(lengths).sum(),
-                        lengths.sum(), (lengths ** 2).sum()])
+                        lengths.sum(), (lengths ** 2).sum(), full.sum()])
+
+
+def pending_of(saved: list[float] | None) -> list[float] | None:
+    """A checkpoint's unlogged interval sums; a checkpoint written before padded_tokens was summed (one value
+    fewer) resumes with that interval counted as unpadded."""
+    if saved is not None and len(saved) == len(STATS) - 1:
+        return [*saved, saved[STATS.index("tokens")]]
+    return saved
 
 
 def interval_record(accelerator, stats: IntervalSums, seconds: float, bert_config, peak, nsp: bool) -> dict:
@@ -138,6 +148,7 @@ def interval_record(accelerator, stats: IntervalSums, seconds: float, bert_confi
     nsp_loss = values["nsp_nll"] / max(values["sequences"], 1.0) if nsp else None
     record = {"loss": mlm_loss + (nsp_loss or 0.0), "mlm_loss": mlm_loss, "nsp_loss": nsp_loss,
               "samples_per_second": values["sequences"] / seconds, "tokens_per_second": values["tokens"] / seconds,
+              "padding_fraction": 1.0 - values["tokens"] / max(values["padded_tokens"], 1.0),
               "_samples": int(values["sequences"]), "_tokens": int(values["tokens"])}
     flops = bert_training_flops(bert_config, values["tokens"], values["sum_len_sq"], values["masked"])
     utilisation = mfu(flops, seconds, accelerator.num_processes, peak)
@@ -176,11 +187,12 @@ def main(argv=None, overrides: Overrides | None = None) -> int:
     bert_config = build_bert_config(model_args, len(tokenizer), tokenizer)
     with zero3_init_as_configured(accelerator):
         model = PretrainingObjective(build_pretraining_model(bert_config, model_args.attn_implementation),
-                                     sparse_mlm_head=model_args.sparse_mlm_head, nsp=data_args.nsp)
+                                     sparse_mlm_head=model_args.sparse_mlm_head, nsp=data_args.nsp,
+                                     fused_encoder=model_args.fused_encoder)
     if model_args.torch_compile:
         # The whole objective, in place: parameter names (and checkpoints) stay unchanged. With the
         # collator's position table it is one graph (no data-dependent shapes).
-        model.compile()
+        model.compile(mode=model_args.torch_compile_mode)
     optimizer = (overrides.build_optimizer or build_optimizer)(model, opt_args, accelerator.device)
     model, optimizer, train_dataloader = accelerator.prepare(model, optimizer, train_dataloader)
     eval_dataloaders = {k: accelerator.prepare(v) for k, v in eval_dataloaders.items()}
@@ -196,6 +208,7 @@ def main(argv=None, overrides: Overrides | None = None) -> int:
     # ---- resume, run folder --------------------------------------------------------------------
     resume_step, skip_batches = resume_run(accelerator, run_args, folder, train_state, model_signature,
                                            opt_args.per_device_train_batch_size)
+    train_state.pending_stats = pending_of(train_state.pending_stats)
     distributed = distributed_summary(accelerator, gas)
     if accelerator.is_main_process:
         write_run_config(folder, "pretraining", config, distributed, extra={

@@ -12,6 +12,10 @@ The masked positions come from the collator as a fixed-width table (`mlm_positio
 BERT's masked_lm_positions / ids): every shape is then known before the data is, there is no
 device-to-host sync, and `--torch_compile` compiles the whole objective (encoder, heads and losses)
 as one graph. Batches without the table (another collator) fall back to boolean indexing.
+
+A batch without `attention_mask` has no padding (the collator's `omit_full_attention_mask`): the encoder gets
+attention_mask=None, so SDPA may take its no-mask kernels and no mask is built or checked on the device.
+`fused_encoder=True` runs the encoder as train/common/fused_encoder.py writes it, over the same weights.
 """
 
 from __future__ import annotations
@@ -30,6 +34,7 @@ from transformers import BertConfig, BertForPreTraining
 from .config import ConfigError
 from .data.loaders import TrainingDataError
 from .data.masking import IGNORE_INDEX
+from .fused_encoder import check_fused_encoder_supported, fused_bert_forward
 from .tokenizer import load_tokenizer
 
 logger = get_logger(__name__)
@@ -69,11 +74,15 @@ class PretrainingSums:
 
 
 class PretrainingObjective(nn.Module):
-    def __init__(self, model: BertForPreTraining, sparse_mlm_head: bool = True, nsp: bool = True):
+    def __init__(self, model: BertForPreTraining, sparse_mlm_head: bool = True, nsp: bool = True,
+                 fused_encoder: bool = False):
         super().__init__()
         self.model = model
         self.sparse_mlm_head = sparse_mlm_head
         self.nsp = nsp
+        self.fused_encoder = fused_encoder
+        if fused_encoder:
+            check_fused_encoder_supported(model.bert)
         if not nsp:
             # Without NSP the pooler and NSP head get no gradient; freezing them keeps DDP from
             # waiting for gradients that never come. (They stay untrained: see the model card.)
@@ -86,11 +95,16 @@ class PretrainingObjective(nn.Module):
         # DeepSpeed's "auto" ZeRO-3 bucket sizes are derived from model.config.hidden_size.
         return self.model.config
 
-    def forward(self, input_ids, attention_mask, token_type_ids, labels, next_sentence_label=None,
-                mlm_positions=None, mlm_labels=None):
-        sequence_output, pooled_output = self.model.bert(
-            input_ids=input_ids, attention_mask=attention_mask, token_type_ids=token_type_ids,
-            return_dict=False)[:2]
+    def forward(self, input_ids, token_type_ids, labels, next_sentence_label=None, mlm_positions=None,
+                mlm_labels=None, attention_mask=None):
+        # attention_mask None: no padding (the collator leaves the mask out of full batches).
+        if self.fused_encoder:
+            sequence_output, pooled_output = fused_bert_forward(self.model.bert, input_ids, token_type_ids,
+                                                                attention_mask)
+        else:
+            sequence_output, pooled_output = self.model.bert(
+                input_ids=input_ids, attention_mask=attention_mask, token_type_ids=token_type_ids,
+                return_dict=False)[:2]
         batch_size = input_ids.shape[0]
         masked_tokens = (labels != IGNORE_INDEX).sum(dim=1)
         if self.sparse_mlm_head and mlm_positions is not None:

@@ -18,6 +18,8 @@ DOC_STRIDE_HELP = ("Context tokens that two consecutive windows of a long contex
                    "run_squad.py). Must be smaller than max_seq_length - max_query_length - 3.")
 
 
+COMPILE_MODES = ("default", "reduce-overhead", "max-autotune-no-cudagraphs")
+
 MAX_QUERY_LENGTH_HELP = "Questions longer than this many tokens are cut to their first max_query_length tokens."
 
 
@@ -222,9 +224,20 @@ class PretrainingModelArguments:
                                   default=True)
     torch_compile: bool = _help("torch.compile the whole objective (encoder, heads and losses) as one graph.",
                                 default=False)
+    torch_compile_mode: str = _help(
+        "torch.compile mode with --torch_compile: 'default', 'reduce-overhead' (CUDA graphs, one per batch shape) "
+        "or 'max-autotune-no-cudagraphs' (longer compilation, autotuned kernels).", default="default")
+    fused_encoder: bool = _help(
+        "Run the encoder as train/common/fused_encoder.py writes it (one QKV GEMM, SDPA, bias+dropout+residual+"
+        "LayerNorm for the compiler to fuse, activations in the autocast dtype) over BertForPreTraining's own "
+        "weights: same parameters and checkpoints. Meant for GPUs with --torch_compile; off until measured faster.",
+        default=False)
 
     def __post_init__(self):
         _choice("attn_implementation", self.attn_implementation, ("sdpa", "eager"))
+        _choice("torch_compile_mode", self.torch_compile_mode, COMPILE_MODES)
+        if self.torch_compile_mode != "default" and not self.torch_compile:
+            raise ConfigError(f"--torch_compile_mode {self.torch_compile_mode} needs --torch_compile")
         if self.hidden_size % self.num_attention_heads:
             raise ConfigError(f"hidden_size ({self.hidden_size}) must be divisible by num_attention_heads "
                               f"({self.num_attention_heads})")

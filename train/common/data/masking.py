@@ -11,6 +11,14 @@ With `mlm_positions_per_row` the collator also lists each row's masked positions
 `masked_lm_positions`: a fixed-width [batch, P] table (P = `max_predictions_per_seq`), so the sparse
 MLM head gathers a static number of rows and the whole objective compiles as one graph, with no
 device-to-host sync for a data-dependent size.
+
+With `omit_full_attention_mask` a batch without padding (every row as long as the padded width) carries no
+`attention_mask`: the host knows it, so the model learns it with no device-to-host sync. The encoder then gets
+attention_mask=None (Hugging Face's meaning: attend everywhere), which lets SDPA take its no-mask (flash) kernels
+and spares transformers' mask code its `padding_mask.all()` check. A batch with padding keeps its mask. The
+signal is the key's absence, so it survives accelerate's DataLoader wrapper (send_to_device moves the tensors
+that are there) and DDP; accelerate's dispatch_batches mode (which concatenates several batches by the first
+one's keys) would lose it, and the pretraining script's map-style datasets never use that mode.
 """
 
 from __future__ import annotations
@@ -47,18 +55,21 @@ class IndexedDataset(torch.utils.data.Dataset):
     def __getitems__(self, indices: Sequence[int]) -> list[dict[str, Any]]:
         indices = [int(i) for i in indices]
         columns = self.dataset[indices]
-        rows = [dict(zip(columns, values)) for values in zip(*columns.values())]
-        for row, index in zip(rows, indices):
+        rows = [dict(zip(columns, values, strict=True)) for values in zip(*columns.values(), strict=True)]
+        for row, index in zip(rows, indices, strict=True):
             row["index"] = index
         return rows
 
 
 class PretrainingCollator:
-    """Pads a batch (to a multiple of 8) and applies MLM masking; keeps NSP labels if present."""
+    """Pads a batch (to a multiple of 8) and applies MLM masking; keeps NSP labels if present.
+    `omit_full_attention_mask`: a batch without padding has no `attention_mask` (see the module docstring)."""
 
     def __init__(self, tokenizer, mlm_probability: float = 0.15, whole_word_masking: bool = False,
-                 seed: int = 0, pad_to_multiple_of: int = 8, mlm_positions_per_row: int | None = None):
+                 seed: int = 0, pad_to_multiple_of: int = 8, mlm_positions_per_row: int | None = None,
+                 omit_full_attention_mask: bool = False):
         self.mlm_probability = mlm_probability
+        self.omit_full_attention_mask = omit_full_attention_mask
         self.mlm_positions_per_row = mlm_positions_per_row
         self.whole_word_masking = whole_word_masking
         self.seed = seed
@@ -155,6 +166,8 @@ class PretrainingCollator:
             "attention_mask": torch.from_numpy(attention_mask),
             "labels": torch.from_numpy(labels),
         }
+        if self.omit_full_attention_mask and attention_mask.all():  # a numpy array: no device involved
+            del batch["attention_mask"]
         if self.mlm_positions_per_row is not None:
             batch.update(self.position_table(labels))
         if "next_sentence_label" in examples[0]:
