@@ -34,7 +34,8 @@ OPERATIONAL_KEYS = frozenset({
     "checkpointing_steps", "keep_last_n", "report_to", "dataloader_num_workers", "nan_policy",
     "process_group_timeout", "push_to_hub", "hub_model_id", "hub_private", "peak_tflops",
     "preprocessing_num_workers", "overwrite_cache", "log_level", "disable_progress_bar", "max_train_steps",
-    "num_train_epochs", "per_device_eval_batch_size", "torch_compile", "early_stopping_patience",
+    "num_train_epochs", "per_device_eval_batch_size", "torch_compile", "torch_compile_mode", "fused_encoder",
+    "early_stopping_patience",
     # checked where it matters: the resumed data position must be a whole number of new batches
     "per_device_train_batch_size",
 })
