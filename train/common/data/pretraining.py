@@ -276,7 +276,7 @@ class _InstanceBuilder:
         block = self.lines[min(starts): max(ends)]["text"]
         offset = min(starts)
         per_doc = [document_sentences(block[s - offset: e - offset], self.settings.wikitext)
-                   for s, e in zip(starts, ends)]
+                   for s, e in zip(starts, ends, strict=True)]
         flat = [s for doc in per_doc for s in doc]
         ids = token_ids(self.tokenizer, flat) if flat else []
         documents, k = [], 0
@@ -287,7 +287,7 @@ class _InstanceBuilder:
 
     def __call__(self, batch, indices) -> pa.Table:
         instances = _InstanceColumns()
-        for starts, ends, group in zip(batch["starts"], batch["ends"], indices):
+        for starts, ends, group in zip(batch["starts"], batch["ends"], indices, strict=True):
             self._add_group(instances, starts, ends, group)
         return instances.table(self.settings.nsp)
 
@@ -496,7 +496,8 @@ def _check_text_file(path: str, split: str) -> None:
         head.decode("utf-8")
     except UnicodeDecodeError as err:
         if err.start < len(head) - 4:  # a multi-byte char cut by the probe is fine
-            raise DataError(f"--{split}_file {path}: not UTF-8 text (byte {err.start}); convert it with iconv") from None
+            raise DataError(f"--{split}_file {path}: not UTF-8 text (byte {err.start}); "
+                            "convert it with iconv") from None
     if not head.strip():
         raise DataError(f"--{split}_file {path}: contains no text (empty or only whitespace); give a text "
                         "file with documents")
@@ -507,7 +508,7 @@ def iter_document_text(lines: datasets.Dataset, ranges: datasets.Dataset, wikite
     for batch in ranges.iter(batch_size=DOCS_PER_MAP_BATCH):
         lo, hi = min(batch["start"]), max(batch["end"])
         block = lines[lo:hi]["text"]
-        for s, e in zip(batch["start"], batch["end"]):
+        for s, e in zip(batch["start"], batch["end"], strict=True):
             yield from document_sentences(block[s - lo: e - lo], wikitext)
 
 

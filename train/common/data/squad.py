@@ -140,7 +140,7 @@ def _check_example(ex: dict, report: SquadLoadReport, window: int) -> dict | Non
         return ex
     texts, starts = [], []
     fixed_here = False
-    for text, start in zip(ex["answers"]["text"], ex["answers"]["answer_start"]):
+    for text, start in zip(ex["answers"]["text"], ex["answers"]["answer_start"], strict=True):
         report.answers += 1
         found = locate_answer(ex["context"], text, start, window)
         if found is None:
@@ -338,7 +338,7 @@ def truncate_questions(questions: Sequence[str], tokenizer, max_query_length: in
     questions = [q.lstrip() for q in questions]
     enc = tokenizer(questions, add_special_tokens=False, return_offsets_mapping=True)
     out = []
-    for q, ids, offs in zip(questions, enc["input_ids"], enc["offset_mapping"]):
+    for q, ids, offs in zip(questions, enc["input_ids"], enc["offset_mapping"], strict=True):
         out.append(q[:offs[max_query_length - 1][1]] if len(ids) > max_query_length else q)
     return out
 
@@ -391,7 +391,7 @@ def _encode(examples, tokenizer, max_seq_length: int, doc_stride: int, max_query
         ends.append(e_tok)
         if for_eval:
             example_ids.append(ids_col[k])
-            eval_offsets.append([tuple(o) if s == 1 else None for o, s in zip(offsets, seq_ids)])
+            eval_offsets.append([tuple(o) if s == 1 else None for o, s in zip(offsets, seq_ids, strict=True)])
     out = {key: enc[key] for key in ("input_ids", "attention_mask", "token_type_ids") if key in enc}
     out["start_positions"] = starts
     out["end_positions"] = ends
@@ -474,7 +474,7 @@ def postprocess_qa_predictions(examples, features, start_logits, end_logits, n_b
         raise ValueError(f"{len(stray)} feature example_id(s) are not among the examples, e.g. {stray[:3]}")
 
     predictions, all_nbest, null_odds = {}, {}, {}
-    for eid, context in zip(ex_ids, contexts):
+    for eid, context in zip(ex_ids, contexts, strict=True):
         spans: dict[tuple[int, int], tuple[float, float]] = {}
         null = None  # (score, start_logit, end_logit)
         for fi in by_example.get(eid, []):
@@ -520,7 +520,7 @@ def postprocess_qa_predictions(examples, features, start_logits, end_logits, n_b
             predictions[eid] = best_text
         if not entries:
             entries = [{"text": "", "start_logit": 0.0, "end_logit": 0.0, "offsets": None}]
-        for entry, p in zip(entries, _softmax([d["start_logit"] + d["end_logit"] for d in entries])):
+        for entry, p in zip(entries, _softmax([d["start_logit"] + d["end_logit"] for d in entries]), strict=True):
             entry["probability"] = p
         all_nbest[eid] = entries
     return predictions, all_nbest, null_odds
@@ -535,7 +535,7 @@ def squad_gold_from_examples(examples: Sequence[dict], version: str) -> dict:
         paragraphs.setdefault(ex["context"], []).append({
             "id": ex["id"], "question": ex["question"], "is_impossible": ex["is_impossible"],
             "answers": [{"text": t, "answer_start": s}
-                        for t, s in zip(ex["answers"]["text"], ex["answers"]["answer_start"])]})
+                        for t, s in zip(ex["answers"]["text"], ex["answers"]["answer_start"], strict=True)]})
     return {"version": "v2.0" if version == "2.0" else "1.1",
             "data": [{"title": title, "paragraphs": [{"context": c, "qas": qas} for c, qas in paragraphs.items()]}
                      for title, paragraphs in articles.items()]}

@@ -220,7 +220,7 @@ def labels_to_classes(raw_labels: Sequence, where: Sequence[str]) -> list[int]:
     * label names (LABEL_NAMES, any case, '_'/'-' for spaces) -> their index; names and numbers may not mix.
     """
     parsed = [_parse_label_token(r) for r in raw_labels]
-    for (kind, _), raw, w in zip(parsed, raw_labels, where):
+    for (kind, _), raw, w in zip(parsed, raw_labels, where, strict=True):
         if kind == "bad":
             raise SSTFormatError(
                 f"{w}: bad label {raw!r}: expected a class id 0..4, a sentiment value in [0, 1] or one of "
@@ -231,7 +231,7 @@ def labels_to_classes(raw_labels: Sequence, where: Sequence[str]) -> list[int]:
         raise SSTFormatError(f"{where[i]}: label {raw_labels[i]!r} mixes label names with numbers in one column")
     out = []
     if "float" in kinds:
-        for (kind, x), raw, w in zip(parsed, raw_labels, where):
+        for (_kind, x), raw, w in zip(parsed, raw_labels, where, strict=True):
             try:
                 out.append(value_to_class(x))
             except ValueError:
@@ -239,7 +239,7 @@ def labels_to_classes(raw_labels: Sequence, where: Sequence[str]) -> list[int]:
                     f"{w}: label {raw!r} is not a sentiment value in [0, 1] (this column holds floats, so every "
                     "label is read as a value; write class ids as integers 0..4)") from None
         return out
-    for (kind, x), raw, w in zip(parsed, raw_labels, where):
+    for (kind, x), raw, w in zip(parsed, raw_labels, where, strict=True):
         if kind == "int" and not 0 <= x < NUM_CLASSES:
             raise SSTFormatError(f"{w}: class id {raw!r} is outside 0..{NUM_CLASSES - 1}")
         out.append(x)
@@ -465,7 +465,7 @@ def load_sst_ptb_trees(folder: str) -> SSTSplits:
                 except ValueError as e:
                     raise SSTFormatError(f"{path}, line {lineno}: {e}") from None
                 leaves = [normalize_token(t) for t in raw_leaves]
-                stats["normalized_tokens"] += sum(a != b for a, b in zip(raw_leaves, leaves))
+                stats["normalized_tokens"] += sum(a != b for a, b in zip(raw_leaves, leaves, strict=True))
                 for label, start, end in nodes:
                     phrase_pairs.append((_display(leaves[start:end]), label))
                 sentences.append(Example(_display(leaves), nodes[0][0]))
@@ -577,7 +577,7 @@ def load_sst_original(folder: str) -> SSTSplits:
             raise SSTFormatError(f"{p_sent}, line {lineno}: duplicate sentence_index {idx.strip()}")
         raw = _tokens(text)
         toks = [normalize_token(t) for t in raw]
-        stats["normalized_tokens"] += sum(a != b for a, b in zip(raw, toks))
+        stats["normalized_tokens"] += sum(a != b for a, b in zip(raw, toks, strict=True))
         sentences[int(idx)] = (lineno, toks)
 
     # datasetSplit.txt: header "sentence_index,splitset_label"; 1 = train, 2 = test, 3 = dev.
@@ -709,7 +709,7 @@ def load_labeled_file(path: str, text_column: str = "text", label_column: str = 
         texts.append(text.strip())
         raw_labels.append(rec[label_column])
         where.append(w)
-    return [Example(t, y) for t, y in zip(texts, labels_to_classes(raw_labels, where))]
+    return [Example(t, y) for t, y in zip(texts, labels_to_classes(raw_labels, where), strict=True)]
 
 
 def load_sst_files(train_file: str, dev_file: str, test_file: str | None = None,
@@ -740,7 +740,7 @@ def examples_from_dataset(dataset, text_column: str, label_column: str, name: st
     for i, t in enumerate(texts):
         if not isinstance(t, str) or not t.strip():
             raise SSTFormatError(f"{where[i]}: text column {text_column!r} is empty or not a string: {t!r}")
-    return [Example(t.strip(), y) for t, y in zip(texts, labels_to_classes(raw, where))]
+    return [Example(t.strip(), y) for t, y in zip(texts, labels_to_classes(raw, where), strict=True)]
 
 
 def splits_from_dataset_dict(dataset_dict, text_column: str, label_column: str, name: str = "dataset") -> SSTSplits:
