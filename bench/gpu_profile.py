@@ -12,7 +12,7 @@ loop's throughput (gpu_check) and the model's own is visible, and what inside th
                   one device->host sync per forward, and a graph break under torch.compile)
   dense           the dense MLM head (what BertForPreTraining's own loss computes)
   no_dropout      sparse, hidden and attention dropout 0 (dropout kernels and their masks cost)
-  sync_per_step   sparse + one device->host sync per step (as the loop's agree_on_flags does)
+  sync_per_step   sparse + one device->host sync per step (what the loop did before its agreement waited)
   batch_512       sparse, twice the batch
   compiled        the whole objective compiled in place (what --torch_compile does)
   encoder_compiled  only the encoder compiled (what --torch_compile did before the position table)

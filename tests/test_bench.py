@@ -219,3 +219,11 @@ def test_gpu_profile_dry_run_on_cpu():
     assert set(result["variants"]) == {"sparse", "dense"}
     assert result["variants"]["sparse"]["samples_per_second"] > 0
     assert result["variants"]["sparse"]["profile"]["top"]
+
+
+def test_peak_table_tells_the_h200_parts_apart():
+    from train.common.throughput import peak_tflops_for
+    assert peak_tflops_for("NVIDIA H200") == 989.4  # the SXM part, as torch names it
+    assert peak_tflops_for("NVIDIA H200 NVL") == 835.0
+    assert peak_tflops_for("NVIDIA H100 80GB HBM3") == 989.4 and peak_tflops_for("NVIDIA H100 PCIe") == 756.0
+    assert peak_tflops_for("cpu") is None and peak_tflops_for("cpu", override=2.0) == 2.0

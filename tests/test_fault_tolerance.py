@@ -61,6 +61,57 @@ def test_nan_policy_stop_saves_and_stops(corpus_dir, tmp_path, monkeypatch, capl
     assert (run / "checkpoints" / "step_000004").is_dir() and not (run / "final").exists()
 
 
+def checkpoint_weights(checkpoint):
+    return load_file(str(checkpoint / "model.safetensors"))
+
+
+def without_timing(records: list[dict]) -> list[dict]:
+    timed = ("samples_per_second", "tokens_per_second", "mfu", "mfu_dense_head")
+    return [{k: v for k, v in r.items() if k not in timed} for r in records]
+
+
+def test_agreement_waits_for_the_logging_step_and_changes_nothing(corpus_dir, tmp_path, monkeypatch):
+    """The ranks' agreement on non-finite values and preemption (a device read, i.e. a host sync) happens at the
+    logging steps, not at every optimizer step; metrics and parameters are bit-identical to agreeing every step."""
+    from tests.conftest import read_jsonl
+    from train.common import loop as loop_module
+    args = ("--max_train_steps", "6", "--logging_steps", "3", "--checkpointing_steps", "none")
+    calls = []
+    real = loop_module.agree_on_flags
+    monkeypatch.setattr(loop_module, "agree_on_flags", lambda *a: calls.append(a[1].numel()) or real(*a))
+    deferred = tmp_path / "deferred"
+    assert run_pretrain(pretrain_args(corpus_dir, deferred, *args)) == 0
+    assert calls == [3, 3]  # steps 1-3 at step 3, steps 4-6 at step 6
+    calls.clear()
+    monkeypatch.setattr(loop_module.TrainLoop, "_optimizer_dropping_on_device", lambda self, optimizer: None)
+    every_step = tmp_path / "every_step"
+    assert run_pretrain(pretrain_args(corpus_dir, every_step, *args)) == 0
+    assert calls == [1] * 6
+    assert without_timing(read_jsonl(deferred / "metrics.jsonl")) == without_timing(
+        read_jsonl(every_step / "metrics.jsonl"))
+    a, b = tensors(deferred), tensors(every_step)
+    assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+
+
+def test_nan_found_at_the_agreement_stops_with_the_model_before_the_bad_step(corpus_dir, tmp_path, monkeypatch,
+                                                                             caplog):
+    """A NaN at step 2, seen at the agreement of step 3: the fused optimizer dropped the updates of steps 2 and 3
+    on the device, so the checkpoint saved at the stop holds the model as it was after step 1."""
+    common = ("--max_train_steps", "6", "--logging_steps", "3")
+    reference = tmp_path / "reference"
+    assert run_pretrain(pretrain_args(corpus_dir, reference, *common, "--checkpointing_steps", "1",
+                                      "--keep_last_n", "0")) == 0
+    poison_forward(monkeypatch, bad_calls={2})
+    run = tmp_path / "stop"
+    with caplog.at_level("WARNING"):
+        assert run_pretrain(pretrain_args(corpus_dir, run, *common, "--checkpointing_steps", "none")) == 3
+    assert "step 2: non-finite loss or gradient (stopping; the updates of steps 2-3 were dropped)" in caplog.text
+    saved = checkpoint_weights(run / "checkpoints" / "step_000003")
+    before = checkpoint_weights(reference / "checkpoints" / "step_000001")
+    assert all(torch.equal(saved[k], before[k]) for k in before)
+    assert not (run / "final").exists()
+
+
 def test_kill_9_at_random_steps_then_resume(corpus_dir, tmp_path):
     """SIGKILL (no chance to clean up) at random moments, resume each time: same final parameters."""
     args = ("--num_train_epochs", "2", "--checkpointing_steps", "2", "--keep_last_n", "2", "--logging_steps", "1")

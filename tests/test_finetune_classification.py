@@ -502,7 +502,7 @@ def test_preemption_saves_marks_exits_0_and_resumes_exactly(tiny_bert, sst_trees
 
         @property
         def local_flag(self):
-            SignalDuringSecondEpoch.queries += 1  # agree_on_flags asks once per optimizer step
+            SignalDuringSecondEpoch.queries += 1  # the loop asks once per optimizer step
             return 1.0 if SignalDuringSecondEpoch.queries == signal_step else 0.0
 
         def signal_name(self):

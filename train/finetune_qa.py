@@ -252,8 +252,8 @@ def main(argv=None) -> int:
     for epoch in loop.epochs():
         for window in loop.windows(run.train_dataloader, epoch):
             # The loss is the mean over the features of the whole window on all ranks.
-            denominator = accelerator.reduce(torch.tensor(float(sum(len(b["input_ids"]) for b in window)),
-                                                          device=accelerator.device), reduction="sum")
+            denominator = accelerator.reduce(torch.full((), float(sum(len(b["input_ids"]) for b in window)),
+                                                        device=accelerator.device), reduction="sum")
             for batch in window:
                 with accelerator.accumulate(model):
                     nll = qa_outputs(model(**model_inputs(batch)), batch)["nll"]

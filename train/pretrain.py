@@ -224,7 +224,8 @@ def main(argv=None, overrides: Overrides | None = None) -> int:
                      progress=progress, stats=stats, checkpoints_dir=folder.checkpoints_dir,
                      checkpoint_metadata={"config": config, "model_signature": model_signature,
                                           "distributed": distributed},
-                     resume_step=resume_step, reseed=(train_collator,), timer_class=overrides.interval_timer)
+                     resume_step=resume_step, reseed=(train_collator,), timer_class=overrides.interval_timer,
+                     optimizer=optimizer)
 
     def run_evaluation(split: str) -> dict:
         result = evaluate_pretraining(model, eval_dataloaders[split], accelerator, len(splits[split]),
@@ -254,11 +255,12 @@ def main(argv=None, overrides: Overrides | None = None) -> int:
     for epoch in loop.epochs():
         for window in loop.windows(train_dataloader, epoch):
             # MLM is normalised by the masked tokens of the whole window on all ranks, NSP by its
-            # sequences, so each optimizer step follows one token-weighted mean.
+            # sequences, so each optimizer step follows one token-weighted mean (no host sync: a device sum
+            # and a fill with the host's count).
             window_counts = accelerator.reduce(torch.stack([
                 sum((b["labels"] != -100).sum() for b in window).double(),
-                torch.tensor(sum(len(b["input_ids"]) for b in window), device=accelerator.device).double()]),
-                reduction="sum")
+                torch.full((), sum(len(b["input_ids"]) for b in window), device=accelerator.device,
+                           dtype=torch.float64)]), reduction="sum")
             for batch in window:
                 with accelerator.accumulate(model):
                     sums = model(**batch)

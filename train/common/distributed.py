@@ -46,7 +46,9 @@ def build_accelerator(run_args, gradient_accumulation_steps: int, max_grad_norm:
                                                                 sync_with_dataloader=False),
         log_with="tensorboard" if run_args.report_to == "tensorboard" else None,
         project_config=ProjectConfiguration(project_dir=run_args.output_dir, logging_dir=run_args.output_dir),
-        dataloader_config=DataLoaderConfiguration(use_seedable_sampler=True, data_seed=run_args.seed),
+        # non_blocking: the loaders pin their batches on a GPU machine, so the copy overlaps the previous step
+        dataloader_config=DataLoaderConfiguration(use_seedable_sampler=True, data_seed=run_args.seed,
+                                                  non_blocking=has_cuda),
         kwargs_handlers=[pg_kwargs],
     )
     check_launch(accelerator, use_deepspeed, max_grad_norm)
@@ -163,16 +165,22 @@ def start_run(run_args, opt_args, config: dict, do_train: bool, marker_dir: Path
     return accelerator, folder
 
 
-def agree_on_flags(accelerator: Accelerator, local_nonfinite: torch.Tensor, grad_norm, preemption) -> tuple[bool, bool]:
-    """One all-reduce per optimizer step: (any rank saw a non-finite loss/gradient, any rank got a
-    preemption signal). Every rank gets the same answer and so acts at the same step."""
-    nonfinite = local_nonfinite.float()
-    if grad_norm is not None:
-        norm = torch.as_tensor(grad_norm, dtype=torch.float32).to(nonfinite.device)
-        nonfinite = torch.maximum(nonfinite, (~torch.isfinite(norm)).float())
-    flags = torch.stack([nonfinite, torch.tensor(preemption.local_flag, device=nonfinite.device)])
-    flags = accelerator.reduce(flags, reduction="sum").tolist()
-    return flags[0] > 0, flags[1] > 0
+def nonfinite_flag(local_nonfinite: torch.Tensor, grad_norm) -> torch.Tensor:
+    """1.0 (on the device, no host sync) when this rank's loss or the clipped gradient's norm was non-finite."""
+    if grad_norm is None:
+        return local_nonfinite.float()
+    norm = torch.as_tensor(grad_norm, dtype=torch.float32).to(local_nonfinite.device)
+    return torch.maximum(local_nonfinite.float(), (~torch.isfinite(norm)).float())
+
+
+def agree_on_flags(accelerator: Accelerator, nonfinite: torch.Tensor, preempted: float) -> tuple[list[bool], bool]:
+    """One all-reduce and one read of the device (a host sync): for each step's non-finite flag in `nonfinite`
+    (one value per step since the last agreement), whether any rank saw one, and whether any rank got a
+    preemption signal. Every rank gets the same answer and so acts at the same step."""
+    flags = torch.cat([nonfinite.reshape(-1).float(),
+                       torch.full((1,), float(preempted), device=nonfinite.device)])  # a fill, not a copy
+    values = accelerator.reduce(flags, reduction="sum").tolist()
+    return [v > 0 for v in values[:-1]], values[-1] > 0
 
 
 def parameter_fingerprint(model: torch.nn.Module) -> str:

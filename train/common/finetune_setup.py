@@ -81,7 +81,7 @@ def finetune_loop(accelerator, prepared: Prepared, run_args, opt_args, preemptio
                      total_steps=prepared.total_steps, num_epochs=prepared.num_epochs, skip_batches=skip_batches,
                      preemption=preemption, progress=progress, stats=FinetuneSums(accelerator.device),
                      checkpoints_dir=RunFolder.of(output_dir).checkpoints_dir, checkpoint_metadata=checkpoint_metadata,
-                     resume_step=resume_step)
+                     resume_step=resume_step, optimizer=prepared.optimizer)
 
 
 def finish_finetuning(accelerator, model, tokenizer, output_dir: Path | RunFolder, eval_results: dict, model_args,

@@ -25,8 +25,9 @@ A script's loop reads, in every script:
 
 The step block (accumulate/backward/clip/step/zero_grad) and the task's evaluation stay in the script, where a
 reader looks for them. What lives here: which batches each epoch gives after a resume, the per-step dropout seed,
-the non-finite/preemption agreement across ranks (one all-reduce per optimizer step), the log/evaluate/save
-triggers, the end-of-epoch bookkeeping, checkpoints with the not-yet-logged interval, and the early stop.
+the non-finite/preemption agreement across ranks (without a host sync per step where the update can be dropped on
+the device; see TrainLoop.clip_and_agree), the log/evaluate/save triggers, the end-of-epoch bookkeeping,
+checkpoints with the not-yet-logged interval, and the early stop.
 """
 
 from __future__ import annotations
@@ -41,12 +42,16 @@ from accelerate.logging import get_logger
 
 from .checkpoint import save_checkpoint
 from .data.loaders import TrainingDataError, accumulation_windows, step_seed
-from .distributed import agree_on_flags, is_deepspeed
+from .distributed import agree_on_flags, is_deepspeed, nonfinite_flag
 from .preemption import write_marker
 from .run_folder import MetricsLogger, RunFolder, load_eval_results
 from .throughput import IntervalTimer
 
 logger = get_logger(__name__)
+# Where the ranks' agreement on non-finite values and preemption waits (the default), it happens at every logging,
+# evaluation and checkpoint step, at each epoch's end, and at least this often: a preemption signal is acted on
+# within this many optimizer steps (a single process acts on it at the next one).
+MAX_STEPS_BETWEEN_AGREEMENTS = 25
 
 
 class IntervalSums:
@@ -83,10 +88,11 @@ class FinetuneSums(IntervalSums):
 
     def add_batch(self, weighted_nll: torch.Tensor, weights: torch.Tensor, batch: dict) -> None:
         mask = batch["attention_mask"]
-        as_sum = mask.new_tensor  # counts known on the host, made on the device without a sync
-        self.add(torch.stack([weighted_nll.detach().double().sum(), weights.double().sum(),
-                              as_sum(mask.shape[0], dtype=torch.float64), mask.sum().double(),
-                              as_sum(mask.numel(), dtype=torch.float64)]))
+
+        def counted(n: int) -> torch.Tensor:  # known on the host: a fill on the device, not a (syncing) copy
+            return torch.full((), n, dtype=torch.float64, device=mask.device)
+        self.add(torch.stack([weighted_nll.detach().double().sum(), weights.double().sum(), counted(mask.shape[0]),
+                              mask.sum().double(), counted(mask.numel())]))
 
     def record(self, accelerator, seconds: float) -> dict:
         values = self.reduce_and_reset(accelerator)
@@ -139,7 +145,7 @@ class TrainLoop:
     def __init__(self, accelerator, run_args, opt_args, train_state, *, steps_per_epoch: int, total_steps: int,
                  num_epochs: int, skip_batches: int, preemption, progress, stats: IntervalSums,
                  checkpoints_dir: Path, checkpoint_metadata: dict[str, Any], resume_step: int | None,
-                 reseed: Sequence = (), timer_class: type[IntervalTimer] | None = None):
+                 reseed: Sequence = (), timer_class: type[IntervalTimer] | None = None, optimizer=None):
         self.accelerator, self.run_args, self.train_state = accelerator, run_args, train_state
         self.gas, self.max_grad_norm = opt_args.gradient_accumulation_steps, opt_args.max_grad_norm
         self.steps_per_epoch, self.total_steps, self.num_epochs = steps_per_epoch, total_steps, num_epochs
@@ -158,6 +164,13 @@ class TrainLoop:
         self.last_checkpoint_step = resume_step
         self._local_nonfinite = torch.zeros((), device=accelerator.device)
         self._nonfinite = self._preempted = self._update_allowed = False
+        self._device_skip = self._optimizer_dropping_on_device(optimizer)
+        # The deferred agreement's state: each step's flag (device), the sticky "drop updates from here" flag the
+        # fused optimizer reads, the host-side preemption flag, and the first non-finite step once agreed.
+        self._unagreed: list[torch.Tensor] = []
+        self._dropping = torch.zeros((), device=accelerator.device)
+        self._preempted_locally = 0.0
+        self.first_nonfinite_step: int | None = None
         self._window_size = 0
         if resume_step is not None and accelerator.is_main_process and train_state.pending_stats is not None:
             stats.restore(train_state.pending_stats)
@@ -196,16 +209,57 @@ class TrainLoop:
         return loss
 
     def clip_and_agree(self, model) -> bool:
-        """At the window's last micro-batch: clip to --max_grad_norm, then all ranks agree (one all-reduce) on
-        non-finite loss/gradient and preemption. True when the optimizer may apply this update."""
+        """At the window's last micro-batch: clip to --max_grad_norm, then all ranks agree on non-finite values
+        and preemption. True when the optimizer may apply this update.
+
+        By default the agreement waits (see _agreement_due) and a non-finite update is dropped on the device: the
+        fused AdamW skips its update (parameters and moments unchanged) when its `found_inf` is 1, and that flag
+        stays up until the agreement stops the run, so the model stays as it was before the first bad step. The
+        agreement happens here, every step, where that cannot work: --nan_policy skip (the schedule follows the
+        applied updates), DeepSpeed (its update runs inside backward), fp16 (the GradScaler owns found_inf),
+        an optimizer without device-side skipping, or no clipping (the gradient's norm is what every rank sees
+        alike)."""
         if self.max_grad_norm > 0:
             self.grad_norm = self.accelerator.clip_grad_norm_(model.parameters(), self.max_grad_norm)
-        self._nonfinite, self._preempted = agree_on_flags(self.accelerator, self._local_nonfinite, self.grad_norm,
-                                                    self.preemption)
-        # DeepSpeed applies its update inside backward(): it cannot be skipped, only stopped after.
-        skip = self._nonfinite and self.run_args.nan_policy == "skip" and not is_deepspeed(self.accelerator)
-        self._update_allowed = not skip
-        return self._update_allowed
+        flag = nonfinite_flag(self._local_nonfinite, self.grad_norm)
+        if self._device_skip is None:
+            nonfinite, self._preempted = agree_on_flags(self.accelerator, flag, self.preemption.local_flag)
+            self._nonfinite = nonfinite[0]
+            # DeepSpeed applies its update inside backward(): it cannot be skipped, only stopped after.
+            skip = self._nonfinite and self.run_args.nan_policy == "skip" and not is_deepspeed(self.accelerator)
+            self._update_allowed = not skip
+            return self._update_allowed
+        self._unagreed.append(flag)
+        # Ranks must drop the same updates: the loss flag is one rank's own, the gradient (reduced) is everyone's.
+        alike = flag if self.accelerator.num_processes == 1 else nonfinite_flag(self._dropping, self.grad_norm)
+        torch.maximum(self._dropping, alike, out=self._dropping)
+        self._device_skip.found_inf = self._dropping
+        return True
+
+    def _optimizer_dropping_on_device(self, optimizer):
+        """The torch optimizer that drops a non-finite update on the device, where the agreement may wait."""
+        inner = getattr(optimizer, "optimizer", optimizer)  # under accelerate's AcceleratedOptimizer
+        waits = (optimizer is not None and self.run_args.nan_policy == "stop" and self.max_grad_norm > 0
+                 and not is_deepspeed(self.accelerator) and self.accelerator.mixed_precision != "fp16"
+                 and getattr(inner, "_step_supports_amp_scaling", False))  # fused Adam/AdamW: reads found_inf
+        return inner if waits else None
+
+    def _agreement_due(self) -> bool:
+        if self.accelerator.num_processes == 1 and self._preempted_locally:
+            return True  # nobody to agree with: the next step acts on it
+        state = self.train_state
+        return (self.should_log() or self.should_evaluate() or self.should_save()
+                or state.batches_in_epoch >= self.batches_per_epoch
+                or len(self._unagreed) >= MAX_STEPS_BETWEEN_AGREEMENTS)
+
+    def _agree(self) -> None:
+        """The deferred agreement: which of the steps since the last one was non-finite on any rank, preemption."""
+        nonfinite, self._preempted = agree_on_flags(self.accelerator, torch.stack(self._unagreed),
+                                                    self._preempted_locally)
+        if any(nonfinite):
+            self._nonfinite = True
+            self.first_nonfinite_step = self.train_state.step - len(nonfinite) + 1 + nonfinite.index(True)
+        self._unagreed.clear()
 
     def step_done(self, lr_scheduler) -> None:
         """After the window: the schedule advances with applied updates only; counters, progress, stop flags."""
@@ -215,14 +269,27 @@ class TrainLoop:
         state.step += 1
         state.batches_in_epoch += self._window_size
         self.progress.update()
+        if self._device_skip is not None:
+            self._preempted_locally = max(self._preempted_locally, self.preemption.local_flag)
+            if self._unagreed and self._agreement_due():
+                self._agree()
         if self._nonfinite:
-            skipped = not self._update_allowed
-            logger.warning(f"step {state.step}: non-finite loss or gradient "
-                           f"({'update skipped' if skipped else 'stopping'})", main_process_only=True)
-            if not skipped:
-                self.stop = "nonfinite"
+            self._report_nonfinite()
         if self._preempted:
             self.stop = "preempted"
+
+    def _report_nonfinite(self) -> None:
+        step, first = self.train_state.step, self.first_nonfinite_step
+        if self._device_skip is not None:
+            dropped = "" if first == step else f"; the updates of steps {first}-{step} were dropped"
+            logger.warning(f"step {first}: non-finite loss or gradient (stopping{dropped})", main_process_only=True)
+            self.stop = "nonfinite"
+            return
+        skipped = not self._update_allowed
+        logger.warning(f"step {step}: non-finite loss or gradient ({'update skipped' if skipped else 'stopping'})",
+                       main_process_only=True)
+        if not skipped:
+            self.stop = "nonfinite"
 
     # ---- triggers --------------------------------------------------------------------------------------
     def should_log(self) -> bool:

@@ -22,7 +22,9 @@ import torch
 
 # Dense bf16/fp16 tensor-core peaks in TFLOP/s, from the vendors' data sheets.
 PEAK_TFLOPS = {
-    "H200": 989.4, "H100 SXM": 989.4, "H100 80GB HBM3": 989.4, "H100 NVL": 835.0, "H100 PCIe": 756.0,
+    # torch names the SXM part "NVIDIA H200" and the PCIe card "NVIDIA H200 NVL" (the longer key wins).
+    "H200": 989.4, "H200 SXM": 989.4, "H200 NVL": 835.0,
+    "H100 SXM": 989.4, "H100 80GB HBM3": 989.4, "H100 NVL": 835.0, "H100 PCIe": 756.0,
     "GH200": 989.4, "A100": 312.0, "L40S": 362.1, "L4": 121.0, "A10G": 70.0, "A10": 125.0,
     "V100": 125.0, "T4": 65.0, "RTX 4090": 165.2, "RTX 3090": 71.0,
 }
