@@ -111,7 +111,8 @@ def build_dataloaders(inputs: PretrainingInputs, model_args, data_args, opt_args
 
     def collator(seed: int) -> PretrainingCollator:
         return PretrainingCollator(inputs.tokenizer, data_args.mlm_probability, data_args.whole_word_masking,
-                                   seed=seed, mlm_positions_per_row=positions_per_row, omit_full_attention_mask=True)
+                                   seed=seed, mlm_positions_per_row=positions_per_row, omit_full_attention_mask=True,
+                                   pack_to_length=data_args.max_seq_length if data_args.pack_sequences else None)
 
     def loader(split: str, collate, batch_size: int, train: bool):
         return build_dataloader(IndexedDataset(inputs.splits[split]), collate, batch_size, train,
@@ -128,6 +129,12 @@ def batch_stats(batch, sums) -> torch.Tensor:
     ids, mask = batch["input_ids"], batch.get("attention_mask")  # no mask: no padding
     full = ids.new_full(ids.shape[:1], ids.shape[1], dtype=torch.float64)  # a fill on the device, not a copy
     lengths = mask.sum(dim=1).double() if mask is not None else full
+    if "sequence_ids" in batch:  # packed: count instances, not rows (absent slots have length 0)
+        slots = torch.arange(batch["cls_positions"].shape[1], device=ids.device)
+        lengths = (batch["sequence_ids"][:, :, None] == slots).sum(dim=1).double().flatten()
+        return torch.stack([sums.mlm_nll.detach().double().sum(), sums.masked_tokens.double().sum(),
+                            sums.nsp_nll.detach().double().sum(), (lengths > 0).double().sum(),
+                            lengths.sum(), (lengths ** 2).sum(), full.sum()])
     return torch.stack([sums.mlm_nll.detach().double().sum(), sums.masked_tokens.double().sum(),
                         sums.nsp_nll.detach().double().sum(), torch.ones_like(lengths).sum(),
                         lengths.sum(), (lengths ** 2).sum(), full.sum()])
