@@ -109,16 +109,17 @@ def build_dataloaders(inputs: PretrainingInputs, model_args, data_args, opt_args
     positions_per_row = (max_predictions_per_seq(data_args.mlm_probability, data_args.max_seq_length)
                          if model_args.sparse_mlm_head else None)
 
-    def collator(seed: int) -> PretrainingCollator:
+    def collator(seed: int, pack_to_length: int | None = None) -> PretrainingCollator:
         return PretrainingCollator(inputs.tokenizer, data_args.mlm_probability, data_args.whole_word_masking,
                                    seed=seed, mlm_positions_per_row=positions_per_row, omit_full_attention_mask=True,
-                                   pack_to_length=data_args.max_seq_length if data_args.pack_sequences else None)
+                                   pack_to_length=pack_to_length)
 
     def loader(split: str, collate, batch_size: int, train: bool):
         return build_dataloader(IndexedDataset(inputs.splits[split]), collate, batch_size, train,
                                 run_args.dataloader_num_workers, run_args.seed)
 
-    train_collator = collator(run_args.seed)
+    # Only training packs: evaluation gathers one row per instance (gather_for_metrics trims the sampler's padding).
+    train_collator = collator(run_args.seed, data_args.max_seq_length if data_args.pack_sequences else None)
     eval_collator = collator(data_args.eval_mask_seed)  # its epoch stays 0: the same masks at every evaluation
     return train_collator, loader("train", train_collator, opt_args.per_device_train_batch_size, True), {
         split: loader(split, eval_collator, opt_args.per_device_eval_batch_size, False)
