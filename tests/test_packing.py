@@ -84,3 +84,9 @@ def test_packing_refuses_eager_attention(vocab):
     batch = PretrainingCollator(vocab, seed=0, pack_to_length=48)(_examples(vocab))
     with pytest.raises(ConfigError, match="sdpa"):
         objective(**batch)
+
+
+def test_packing_is_refused_up_front_with_the_fused_encoder(vocab):
+    config = BertConfig(vocab_size=len(vocab), **TINY)
+    with pytest.raises(ConfigError, match="drop --fused_encoder"):
+        PretrainingObjective(build_pretraining_model(config), fused_encoder=True, packed_batches=True)

@@ -196,7 +196,7 @@ def main(argv=None, overrides: Overrides | None = None) -> int:
     with zero3_init_as_configured(accelerator):
         model = PretrainingObjective(build_pretraining_model(bert_config, model_args.attn_implementation),
                                      sparse_mlm_head=model_args.sparse_mlm_head, nsp=data_args.nsp,
-                                     fused_encoder=model_args.fused_encoder)
+                                     fused_encoder=model_args.fused_encoder, packed_batches=data_args.pack_sequences)
     if model_args.torch_compile:
         # The whole objective, in place: parameter names (and checkpoints) stay unchanged. With the
         # collator's position table it is one graph (no data-dependent shapes).

@@ -79,7 +79,7 @@ class PretrainingSums:
 
 class PretrainingObjective(nn.Module):
     def __init__(self, model: BertForPreTraining, sparse_mlm_head: bool = True, nsp: bool = True,
-                 fused_encoder: bool = False):
+                 fused_encoder: bool = False, packed_batches: bool = False):
         super().__init__()
         self.model = model
         self.sparse_mlm_head = sparse_mlm_head
@@ -87,6 +87,8 @@ class PretrainingObjective(nn.Module):
         self.fused_encoder = fused_encoder
         if fused_encoder:
             check_fused_encoder_supported(model.bert)
+        if packed_batches:  # refused before any data arrives; a packed batch checks again
+            self._check_packing_supported()
         if not nsp:
             # Without NSP the pooler and NSP head get no gradient; freezing them keeps DDP from
             # waiting for gradients that never come. (They stay untrained: see the model card.)
@@ -141,13 +143,16 @@ class PretrainingObjective(nn.Module):
             nsp_correct = torch.zeros(batch_size, device=mlm_nll.device)
         return PretrainingSums(mlm_nll, masked_tokens, nsp_nll, nsp_correct)
 
-    def _packed_encoder(self, input_ids, token_type_ids, position_ids, sequence_ids):
+    def _check_packing_supported(self) -> None:
         if self.fused_encoder:
             raise ConfigError("--pack_sequences runs the Hugging Face encoder; drop --fused_encoder")
         implementation = self.model.config._attn_implementation
         if implementation != "sdpa":
             raise ConfigError(f"--pack_sequences needs --attn_implementation sdpa (got {implementation!r}): its "
                               "block-diagonal mask is checked only with SDPA")
+
+    def _packed_encoder(self, input_ids, token_type_ids, position_ids, sequence_ids):
+        self._check_packing_supported()
         # Padding (-1) attends to padding only, so no query row is fully masked (SDPA would give NaN).
         mask = (sequence_ids[:, :, None] == sequence_ids[:, None, :]).unsqueeze(1)
         return self.model.bert(input_ids=input_ids, attention_mask=mask, token_type_ids=token_type_ids,
