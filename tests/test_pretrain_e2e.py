@@ -2,6 +2,7 @@
 
 import json
 import math
+import re
 import shutil
 
 import pytest
@@ -215,3 +216,19 @@ def test_torch_compile_trains_and_exports_like_eager(corpus_dir, tmp_path):
             if key in eager:
                 assert compiled[key] == pytest.approx(eager[key], rel=1e-4), (key, eager, compiled)
     assert_same_tensors(final_tensors(runs["eager"]), final_tensors(runs["compiled"]), exact=False, atol=1e-4)
+
+
+def test_packed_run_pads_less(corpus_dir, tmp_path):
+    # Mostly short instances (as on a corpus of short documents), so that two or more fit in one row.
+    args = ("--max_train_steps", "4", "--logging_steps", "1", "--checkpointing_steps", "none", "--short_seq_prob", "1")
+    fractions, seen = {}, {}
+    for name, extra in (("padded", ()), ("packed", ("--pack_sequences",))):
+        assert run_pretrain(pretrain_args(corpus_dir, tmp_path / name, *args, *extra)) == 0
+        lines = [line for line in read_jsonl(tmp_path / name / "metrics.jsonl") if "split" not in line]
+        assert len(lines) == 4 and all(math.isfinite(line["loss"]) for line in lines)
+        fractions[name] = sum(line["padding_fraction"] for line in lines) / len(lines)
+        card = (tmp_path / name / "final" / "README.md").read_text()
+        seen[name] = re.search(r"\((\d+) sequences, (\d+) non-padding tokens\)", card).groups()
+    assert fractions["packed"] < 0.75 * fractions["padded"], fractions
+    # The same instances are trained on, and counted per instance, not per row.
+    assert seen["packed"] == seen["padded"], seen

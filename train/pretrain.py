@@ -109,15 +109,17 @@ def build_dataloaders(inputs: PretrainingInputs, model_args, data_args, opt_args
     positions_per_row = (max_predictions_per_seq(data_args.mlm_probability, data_args.max_seq_length)
                          if model_args.sparse_mlm_head else None)
 
-    def collator(seed: int) -> PretrainingCollator:
+    def collator(seed: int, pack_to_length: int | None = None) -> PretrainingCollator:
         return PretrainingCollator(inputs.tokenizer, data_args.mlm_probability, data_args.whole_word_masking,
-                                   seed=seed, mlm_positions_per_row=positions_per_row, omit_full_attention_mask=True)
+                                   seed=seed, mlm_positions_per_row=positions_per_row, omit_full_attention_mask=True,
+                                   pack_to_length=pack_to_length)
 
     def loader(split: str, collate, batch_size: int, train: bool):
         return build_dataloader(IndexedDataset(inputs.splits[split]), collate, batch_size, train,
                                 run_args.dataloader_num_workers, run_args.seed)
 
-    train_collator = collator(run_args.seed)
+    # Only training packs: evaluation gathers one row per instance (gather_for_metrics trims the sampler's padding).
+    train_collator = collator(run_args.seed, data_args.max_seq_length if data_args.pack_sequences else None)
     eval_collator = collator(data_args.eval_mask_seed)  # its epoch stays 0: the same masks at every evaluation
     return train_collator, loader("train", train_collator, opt_args.per_device_train_batch_size, True), {
         split: loader(split, eval_collator, opt_args.per_device_eval_batch_size, False)
@@ -128,6 +130,12 @@ def batch_stats(batch, sums) -> torch.Tensor:
     ids, mask = batch["input_ids"], batch.get("attention_mask")  # no mask: no padding
     full = ids.new_full(ids.shape[:1], ids.shape[1], dtype=torch.float64)  # a fill on the device, not a copy
     lengths = mask.sum(dim=1).double() if mask is not None else full
+    if "sequence_ids" in batch:  # packed: count instances, not rows (absent slots have length 0)
+        slots = torch.arange(batch["cls_positions"].shape[1], device=ids.device)
+        lengths = (batch["sequence_ids"][:, :, None] == slots).sum(dim=1).double().flatten()
+        return torch.stack([sums.mlm_nll.detach().double().sum(), sums.masked_tokens.double().sum(),
+                            sums.nsp_nll.detach().double().sum(), (lengths > 0).double().sum(),
+                            lengths.sum(), (lengths ** 2).sum(), full.sum()])
     return torch.stack([sums.mlm_nll.detach().double().sum(), sums.masked_tokens.double().sum(),
                         sums.nsp_nll.detach().double().sum(), torch.ones_like(lengths).sum(),
                         lengths.sum(), (lengths ** 2).sum(), full.sum()])
@@ -188,7 +196,7 @@ def main(argv=None, overrides: Overrides | None = None) -> int:
     with zero3_init_as_configured(accelerator):
         model = PretrainingObjective(build_pretraining_model(bert_config, model_args.attn_implementation),
                                      sparse_mlm_head=model_args.sparse_mlm_head, nsp=data_args.nsp,
-                                     fused_encoder=model_args.fused_encoder)
+                                     fused_encoder=model_args.fused_encoder, packed_batches=data_args.pack_sequences)
     if model_args.torch_compile:
         # The whole objective, in place: parameter names (and checkpoints) stay unchanged. With the
         # collator's position table it is one graph (no data-dependent shapes).

@@ -15,6 +15,10 @@ as one graph. Batches without the table (another collator) fall back to boolean 
 
 A batch without `attention_mask` has no padding (the collator's `omit_full_attention_mask`): the encoder gets
 attention_mask=None, so SDPA may take its no-mask kernels and no mask is built or checked on the device.
+A packed batch (`sequence_ids`, `position_ids`, `cls_positions`: see data/masking.py) runs the encoder with a
+block-diagonal boolean mask [B, 1, S, S] through SDPA (checked here to match unpacked instances; the eager
+attention does not read a boolean 4-D mask the same way, so packing is refused with it), and the pooler and NSP
+head at every instance's [CLS]; the sums are then per row (several instances each).
 `fused_encoder=True` runs the encoder as train/common/fused_encoder.py writes it, over the same weights.
 """
 
@@ -75,7 +79,7 @@ class PretrainingSums:
 
 class PretrainingObjective(nn.Module):
     def __init__(self, model: BertForPreTraining, sparse_mlm_head: bool = True, nsp: bool = True,
-                 fused_encoder: bool = False):
+                 fused_encoder: bool = False, packed_batches: bool = False):
         super().__init__()
         self.model = model
         self.sparse_mlm_head = sparse_mlm_head
@@ -83,6 +87,8 @@ class PretrainingObjective(nn.Module):
         self.fused_encoder = fused_encoder
         if fused_encoder:
             check_fused_encoder_supported(model.bert)
+        if packed_batches:  # refused before any data arrives; a packed batch checks again
+            self._check_packing_supported()
         if not nsp:
             # Without NSP the pooler and NSP head get no gradient; freezing them keeps DDP from
             # waiting for gradients that never come. (They stay untrained: see the model card.)
@@ -96,9 +102,12 @@ class PretrainingObjective(nn.Module):
         return self.model.config
 
     def forward(self, input_ids, token_type_ids, labels, next_sentence_label=None, mlm_positions=None,
-                mlm_labels=None, attention_mask=None):
+                mlm_labels=None, attention_mask=None, position_ids=None, sequence_ids=None, cls_positions=None):
         # attention_mask None: no padding (the collator leaves the mask out of full batches).
-        if self.fused_encoder:
+        if sequence_ids is not None:
+            sequence_output = self._packed_encoder(input_ids, token_type_ids, position_ids, sequence_ids)
+            pooled_output = None
+        elif self.fused_encoder:
             sequence_output, pooled_output = fused_bert_forward(self.model.bert, input_ids, token_type_ids,
                                                                 attention_mask)
         else:
@@ -123,7 +132,9 @@ class PretrainingObjective(nn.Module):
             token_nll = self._token_nll(logits, targets[keep])
             mlm_nll = torch.zeros(batch_size, device=token_nll.device, dtype=torch.float32).index_add_(
                 0, rows[keep], token_nll)
-        if self.nsp and next_sentence_label is not None:
+        if self.nsp and next_sentence_label is not None and cls_positions is not None:
+            nsp_nll, nsp_correct = self._packed_nsp(sequence_output, cls_positions, next_sentence_label)
+        elif self.nsp and next_sentence_label is not None:
             nsp_logits = self.model.cls.seq_relationship(pooled_output).float()
             nsp_nll = F.cross_entropy(nsp_logits, next_sentence_label, reduction="none")
             nsp_correct = (nsp_logits.argmax(dim=-1) == next_sentence_label).float()
@@ -131,6 +142,33 @@ class PretrainingObjective(nn.Module):
             nsp_nll = torch.zeros(batch_size, device=mlm_nll.device)
             nsp_correct = torch.zeros(batch_size, device=mlm_nll.device)
         return PretrainingSums(mlm_nll, masked_tokens, nsp_nll, nsp_correct)
+
+    def _check_packing_supported(self) -> None:
+        if self.fused_encoder:
+            raise ConfigError("--pack_sequences runs the Hugging Face encoder; drop --fused_encoder")
+        implementation = self.model.config._attn_implementation
+        if implementation != "sdpa":
+            raise ConfigError(f"--pack_sequences needs --attn_implementation sdpa (got {implementation!r}): its "
+                              "block-diagonal mask is checked only with SDPA")
+
+    def _packed_encoder(self, input_ids, token_type_ids, position_ids, sequence_ids):
+        self._check_packing_supported()
+        # Padding (-1) attends to padding only, so no query row is fully masked (SDPA would give NaN).
+        mask = (sequence_ids[:, :, None] == sequence_ids[:, None, :]).unsqueeze(1)
+        return self.model.bert(input_ids=input_ids, attention_mask=mask, token_type_ids=token_type_ids,
+                               position_ids=position_ids, return_dict=False)[0]
+
+    def _packed_nsp(self, sequence_output, cls_positions, next_sentence_label):
+        """Per-row sums of NSP nll / correct over the row's instances; -1 slots add nothing."""
+        present = cls_positions >= 0
+        cls = sequence_output.gather(1, cls_positions.clamp(min=0).unsqueeze(-1).expand(
+            -1, -1, sequence_output.shape[-1]))
+        pooler = self.model.bert.pooler
+        nsp_logits = self.model.cls.seq_relationship(pooler.activation(pooler.dense(cls))).float()
+        nll = F.cross_entropy(nsp_logits.flatten(0, 1), next_sentence_label.flatten(), reduction="none",
+                              ignore_index=IGNORE_INDEX).view_as(cls_positions)
+        correct = (nsp_logits.argmax(dim=-1) == next_sentence_label) & present
+        return nll.sum(dim=1), correct.float().sum(dim=1)
 
     @staticmethod
     def _token_nll(logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:

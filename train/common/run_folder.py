@@ -35,6 +35,7 @@ OPERATIONAL_KEYS = frozenset({
     "process_group_timeout", "push_to_hub", "hub_model_id", "hub_private", "peak_tflops",
     "preprocessing_num_workers", "overwrite_cache", "log_level", "disable_progress_bar", "max_train_steps",
     "num_train_epochs", "per_device_eval_batch_size", "torch_compile", "torch_compile_mode", "fused_encoder",
+    "pack_sequences",  # the same instances per batch and the same per-instance losses, packed or not
     "early_stopping_patience",
     # checked where it matters: the resumed data position must be a whole number of new batches
     "per_device_train_batch_size",

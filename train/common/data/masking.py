@@ -19,6 +19,12 @@ and spares transformers' mask code its `padding_mask.all()` check. A batch with 
 signal is the key's absence, so it survives accelerate's DataLoader wrapper (send_to_device moves the tensors
 that are there) and DDP; accelerate's dispatch_batches mode (which concatenates several batches by the first
 one's keys) would lose it, and the pretraining script's map-style datasets never use that mode.
+
+With `pack_to_length` whole instances are packed greedily, in the order given, into rows of that many tokens (an
+instance never splits; a row is closed when the next instance does not fit). Each token carries its instance's
+`position_ids` (restarting at 0) and `sequence_ids` (its instance's slot in the row, -1 on padding); the encoder
+attends only within an instance. NSP works on `cls_positions` / `next_sentence_label` [rows, max instances per row]
+with -1 / IGNORE_INDEX fill. Masks are keyed by each instance's index, so they equal the unpacked ones.
 """
 
 from __future__ import annotations
@@ -67,7 +73,8 @@ class PretrainingCollator:
 
     def __init__(self, tokenizer, mlm_probability: float = 0.15, whole_word_masking: bool = False,
                  seed: int = 0, pad_to_multiple_of: int = 8, mlm_positions_per_row: int | None = None,
-                 omit_full_attention_mask: bool = False):
+                 omit_full_attention_mask: bool = False, pack_to_length: int | None = None):
+        self.pack_to_length = pack_to_length
         self.mlm_probability = mlm_probability
         self.omit_full_attention_mask = omit_full_attention_mask
         self.mlm_positions_per_row = mlm_positions_per_row
@@ -144,7 +151,61 @@ class PretrainingCollator:
             mlm_labels[row, :where.size] = labels[row, where]
         return {"mlm_positions": torch.from_numpy(positions), "mlm_labels": torch.from_numpy(mlm_labels)}
 
+    def pack_rows(self, examples: list[dict[str, Any]]) -> list[list[dict[str, Any]]]:
+        """Next-fit packing: keeps the seeded order, so the batch is a pure function of its examples."""
+        rows: list[list[dict[str, Any]]] = [[]]
+        used = 0
+        for example in examples:
+            n = len(example["input_ids"])
+            if n > self.pack_to_length:
+                raise ValueError(f"instance {example['index']} has {n} tokens, more than the packed row length "
+                                 f"{self.pack_to_length}; rebuild the instances with this --max_seq_length")
+            if rows[-1] and used + n > self.pack_to_length:
+                rows.append([])
+                used = 0
+            rows[-1].append(example)
+            used += n
+        return rows
+
+    def packed(self, examples: list[dict[str, Any]]) -> dict[str, torch.Tensor]:
+        rows = self.pack_rows(examples)
+        width = self.pack_to_length
+        shape = (len(rows), width)
+        input_ids = np.full(shape, self.pad_id, dtype=np.int64)
+        labels = np.full(shape, IGNORE_INDEX, dtype=np.int64)
+        token_type_ids = np.zeros(shape, dtype=np.int64)
+        position_ids = np.zeros(shape, dtype=np.int64)
+        sequence_ids = np.full(shape, -1, dtype=np.int64)
+        per_row = max(len(r) for r in rows)
+        cls_positions = np.full((len(rows), per_row), -1, dtype=np.int64)
+        nsp_labels = np.full((len(rows), per_row), IGNORE_INDEX, dtype=np.int64)
+        for row, members in enumerate(rows):
+            start = 0
+            for slot, example in enumerate(members):
+                ids = np.asarray(example["input_ids"], dtype=np.int64)
+                n = ids.size
+                masked, example_labels = self.mask_example(ids, example["index"])
+                span = slice(start, start + n)
+                input_ids[row, span], labels[row, span] = masked, example_labels
+                token_type_ids[row, span] = example["token_type_ids"]
+                position_ids[row, span] = np.arange(n)
+                sequence_ids[row, span] = slot
+                cls_positions[row, slot] = start
+                if "next_sentence_label" in example:
+                    nsp_labels[row, slot] = example["next_sentence_label"]
+                start += n
+        batch = {name: torch.from_numpy(value) for name, value in (
+            ("input_ids", input_ids), ("token_type_ids", token_type_ids), ("labels", labels),
+            ("position_ids", position_ids), ("sequence_ids", sequence_ids), ("cls_positions", cls_positions))}
+        if "next_sentence_label" in examples[0]:
+            batch["next_sentence_label"] = torch.from_numpy(nsp_labels)
+        if self.mlm_positions_per_row is not None:
+            batch.update(self.position_table(labels))
+        return batch
+
     def __call__(self, examples: list[dict[str, Any]]) -> dict[str, torch.Tensor]:
+        if self.pack_to_length is not None:
+            return self.packed(examples)
         longest = max(len(e["input_ids"]) for e in examples)
         width = -(-longest // self.pad_to_multiple_of) * self.pad_to_multiple_of
         batch_size = len(examples)
