@@ -126,6 +126,13 @@ def build_dataloaders(inputs: PretrainingInputs, model_args, data_args, opt_args
         for split in ("validation", "test") if split in inputs.splits}
 
 
+def instances_in(batch, device) -> torch.Tensor:
+    """The batch's instances (float64, on the device, no host sync): its rows, or, packed, its [CLS] slots."""
+    if "cls_positions" in batch:
+        return (batch["cls_positions"] >= 0).sum().double()
+    return torch.full((), len(batch["input_ids"]), device=device, dtype=torch.float64)  # a fill, not a copy
+
+
 def batch_stats(batch, sums) -> torch.Tensor:
     ids, mask = batch["input_ids"], batch.get("attention_mask")  # no mask: no padding
     full = ids.new_full(ids.shape[:1], ids.shape[1], dtype=torch.float64)  # a fill on the device, not a copy
@@ -267,8 +274,7 @@ def main(argv=None, overrides: Overrides | None = None) -> int:
             # and a fill with the host's count).
             window_counts = accelerator.reduce(torch.stack([
                 sum((b["labels"] != -100).sum() for b in window).double(),
-                torch.full((), sum(len(b["input_ids"]) for b in window), device=accelerator.device,
-                           dtype=torch.float64)]), reduction="sum")
+                sum(instances_in(b, accelerator.device) for b in window)]), reduction="sum")
             for batch in window:
                 with accelerator.accumulate(model):
                     sums = model(**batch)
