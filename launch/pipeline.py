@@ -3,6 +3,13 @@
     python launch/pipeline.py --smoke                       # CPU, minutes, offline: ../shared/data or the sample
     python launch/pipeline.py --smoke --data-dir DIR        # a folder laid out like ../shared/data (or data/sample)
     python launch/pipeline.py --accelerate-config multi_gpu --num-processes 8    # full size (hub data)
+    python launch/pipeline.py --smoke --control --seeds 3   # ours vs a random-init control, 3 seeds each
+
+--control adds sst_control/squad_control: the same fine-tuning from a random init of the pretrained model's shape
+(--random_init true; on by default for full runs, off for --smoke, where it doubles the fine-tuning time).
+--seeds N runs every fine-tuning stage once per seed (--seed, --seed+1, ...) into RUNS/<stage>/seed_<k>/;
+pretraining runs once. The report's first table (analysis.arms) sets ours, the control and the majority baseline
+side by side. --pretrain-config FILE picks the pretraining preset.
 
 Each stage runs its script through `accelerate launch` into RUNS/<stage>/ and is skipped when its output
 is complete (pretrain/sst/squad: final/ exists; params: both diff files; the report is always rebuilt).
