@@ -103,7 +103,8 @@ def compare_arms(runs_dir) -> dict:
             missing += lost
         else:
             stages[stage] = []
-            missing.append(f"{runs / stage}: stage not run" + (" (pass --control)" if CONTROL in stage else ""))
+            missing.append(f"{runs / stage}: stage not run" + (" (launch/pipeline.py --control runs it)"
+                                                                  if CONTROL in stage else ""))
     rows = []
     for label, stage, read, majority in ROWS:
         arms = {arm: summarize([_number(read, r, label) for r in stages[stage + suffix]])

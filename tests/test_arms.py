@@ -79,7 +79,7 @@ def test_a_missing_seed_is_named_and_one_seed_is_not_judged(runs):
 def test_no_control_stage_says_how_to_get_one(tmp_path):
     write_stage(tmp_path, "sst", {42: sst_results(0.40, 0.30)})
     comparison = compare_arms(tmp_path)
-    assert f"{tmp_path / 'sst_control'}: stage not run (pass --control)" in comparison["missing"]
+    assert f"{tmp_path / 'sst_control'}: stage not run (launch/pipeline.py --control runs it)" in comparison["missing"]
     assert comparison["rows"][0]["control"] is None and "the control has no finished run" in \
         comparison["rows"][0]["verdict"]
 

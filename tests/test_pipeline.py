@@ -171,5 +171,5 @@ def test_a_real_control_stage_beside_ours_in_the_report(smoke, data):
     arms = json.loads((runs / "report" / "arms.json").read_text())
     accuracy = arms["rows"][0]
     assert accuracy["ours"]["n"] == accuracy["control"]["n"] == 1 and accuracy["majority"] is not None
-    assert f"{runs / 'squad_control'}: stage not run (pass --control)" in arms["missing"]
+    assert f"{runs / 'squad_control'}: stage not run (launch/pipeline.py --control runs it)" in arms["missing"]
     assert "| SST-5 test accuracy |" in (runs / "report" / "report.md").read_text()
