@@ -1,10 +1,11 @@
 """Markdown report with PNG plots comparing training runs.
 
     python -m analysis.report RUN_DIR [RUN_DIR ...] --out report/ \\
-        [--reference ref.json] [--params-diff diff.json ...] [--strict]
+        [--reference ref.json] [--params-diff diff.json ...] [--arms RUNS] [--strict]
 
-Writes ``OUT/report.md`` and ``OUT/plots/*.png``. From Python: ``load_run(run_dir)``,
-``build_report(run_dirs, out_dir, reference=None, params_diffs=())``.
+Writes ``OUT/report.md`` and ``OUT/plots/*.png`` (with ``--arms``: the analysis.arms table and
+``OUT/arms.json``). From Python: ``load_run(run_dir)``,
+``build_report(run_dirs, out_dir, reference=None, params_diffs=(), arms=None)``.
 
 A run folder (written by the training scripts) may hold
 ``config.yaml`` (top-level ``task``: pretraining|classification|qa, and ``world_size``),
@@ -40,6 +41,7 @@ exit with status 1 when any WARNING or BUG is raised.
 from __future__ import annotations
 
 import argparse
+import json
 import math
 import re
 import sys
@@ -48,6 +50,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from analysis import plots
+from analysis.arms import ArmsError, compare_arms
+from analysis.arms import markdown as markdown_arms
 from train.common.run_folder import RunFolder, RunFolderError, read_json
 
 TASKS = ("pretraining", "classification", "qa")
@@ -704,16 +708,16 @@ def _diff_section(diff: dict, label: str, out_dir: Path, plot_dir: Path) -> list
     return lines
 
 
-def build_report(run_dirs, out_dir, reference=None, params_diffs=()) -> Path:
+def build_report(run_dirs, out_dir, reference=None, params_diffs=(), arms=None) -> Path:
     """Write OUT/report.md and OUT/plots/*.png and return the report's path.
 
     ``reference``: a path or dict (schema in the module docstring); ``params_diffs``: paths
     (or already loaded dicts) from analysis.params. Raises ReportError for unreadable input.
     """
-    return write_report(run_dirs, out_dir, reference, params_diffs)[0]
+    return write_report(run_dirs, out_dir, reference, params_diffs, arms)[0]
 
 
-def write_report(run_dirs, out_dir, reference=None, params_diffs=()) -> tuple[Path, list[Check]]:
+def write_report(run_dirs, out_dir, reference=None, params_diffs=(), arms=None) -> tuple[Path, list[Check]]:
     """build_report, also returning the sanity checks the report states."""
     runs = [load_run(d) for d in run_dirs]
     if not runs:
@@ -759,6 +763,15 @@ def write_report(run_dirs, out_dir, reference=None, params_diffs=()) -> tuple[Pa
             lines += ["EM and F1 are the official SQuAD metrics (0-100); BLEU/ROUGE/METEOR, when "
                       "present, are auxiliary and shown separately.", ""]
 
+    if arms is not None:  # a pipeline's runs folder: ours vs the random-init control, over seeds
+        try:
+            comparison = compare_arms(arms)
+        except ArmsError as err:
+            raise ReportError(str(err)) from None
+        lines += markdown_arms(comparison)
+        out_dir.mkdir(parents=True, exist_ok=True)
+        (out_dir / "arms.json").write_text(json.dumps(comparison, indent=2) + "\n")
+
     lines += ["## Sanity checks", ""]
     lines += [f"- **{_LEVEL_TAG[c.level]}** `{c.run}`: {c.message}" for c in checks] or ["- none"]
     lines.append("")
@@ -793,12 +806,14 @@ def main(argv=None) -> int:
     parser.add_argument("--reference", help="JSON file with reference numbers per task")
     parser.add_argument("--params-diff", action="append", default=[], metavar="FILE",
                         help="JSON from `python -m analysis.params A B --json` (repeatable)")
+    parser.add_argument("--arms", default=None, metavar="RUNS", help="a launch/pipeline.py runs folder: add the "
+                        "ours vs random-init control vs majority table over seeds (also OUT/arms.json)")
     parser.add_argument("--strict", action="store_true",
                         help="exit with status 1 if a sanity check gives WARNING or BUG")
     args = parser.parse_args(argv)
     try:
         report, checks = write_report(args.run_dirs, args.out, reference=args.reference,
-                                      params_diffs=args.params_diff)
+                                      params_diffs=args.params_diff, arms=args.arms)
     except ReportError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2

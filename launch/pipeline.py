@@ -3,6 +3,13 @@
     python launch/pipeline.py --smoke                       # CPU, minutes, offline: ../shared/data or the sample
     python launch/pipeline.py --smoke --data-dir DIR        # a folder laid out like ../shared/data (or data/sample)
     python launch/pipeline.py --accelerate-config multi_gpu --num-processes 8    # full size (hub data)
+    python launch/pipeline.py --smoke --control --seeds 3   # ours vs a random-init control, 3 seeds each
+
+--control adds sst_control/squad_control: the same fine-tuning from a random init of the pretrained model's shape
+(--random_init true; on by default for full runs, off for --smoke, where it doubles the fine-tuning time).
+--seeds N runs every fine-tuning stage once per seed (--seed, --seed+1, ...) into RUNS/<stage>/seed_<k>/;
+pretraining runs once. The report's first table (analysis.arms) sets ours, the control and the majority baseline
+side by side. --pretrain-config FILE picks the pretraining preset.
 
 Each stage runs its script through `accelerate launch` into RUNS/<stage>/ and is skipped when its output
 is complete (pretrain/sst/squad: final/ exists; params: both diff files; the report is always rebuilt).
@@ -59,7 +66,7 @@ def stage_commands(args) -> dict[str, list[list[str]]]:
     pretrained = str(RunFolder(runs / "pretrain").final_dir)
     if args.smoke:
         data = smoke_data(args)
-        pretrain = ["--config", "train/configs/smoke.yaml", "--train_file", str(data["wikitext"])]
+        pretrain = ["--config", args.pretrain_config, "--train_file", str(data["wikitext"])]
         if data["wikitext_test"]:
             pretrain += ["--test_file", str(data["wikitext_test"])]
         # The smoke presets are tuned for a pretrained MiniLM; the smoke pretraining gives a tiny, barely trained
@@ -74,7 +81,7 @@ def stage_commands(args) -> dict[str, list[list[str]]]:
                  # the smoke model was pretrained on 128-token instances (its position table ends there)
                  "--max_seq_length", "128", "--doc_stride", "32", "--max_query_length", "32"]
     else:
-        pretrain = ["--config", "train/configs/bert_base.yaml"]
+        pretrain = ["--config", args.pretrain_config]
         sst = ["--config", "train/configs/sst_bert_base.yaml"] + (
             ["--sst_trees_dir", str(args.sst_trees_dir), "--train_on", "phrases"] if args.sst_trees_dir else [])
         squad = ["--config", "train/configs/squad_bert_base.yaml"] + (
@@ -82,20 +89,48 @@ def stage_commands(args) -> dict[str, list[list[str]]]:
         if args.wikitext_file:
             pretrain += ["--train_file", str(args.wikitext_file)]
     pretrain += ["--output_dir", str(runs / "pretrain")] + shlex.split(args.pretrain_args)
-    sst += ["--model_name_or_path", pretrained, "--output_dir", str(runs / "sst")] + shlex.split(args.sst_args)
-    squad += ["--model_name_or_path", pretrained, "--output_dir", str(runs / "squad")] + shlex.split(args.squad_args)
-    params = [[sys.executable, "-m", "analysis.params", pretrained, str(RunFolder(runs / task).final_dir),
-               "--json", str(runs / "params" / f"{task}_diff.json")] for task in ("sst", "squad")]
-    report = [sys.executable, "-m", "analysis.report", str(runs / "pretrain"), str(runs / "sst"), str(runs / "squad"),
-              "--out", str(runs / "report"), "--params-diff", str(runs / "params" / "sst_diff.json"),
-              "--params-diff", str(runs / "params" / "squad_diff.json")]
-    return {
-        "pretrain": [launch + ["train/pretrain.py"] + pretrain],
-        "sst": [launch + ["train/finetune_classification.py"] + sst],
-        "squad": [launch + ["train/finetune_qa.py"] + squad],
-        "params": params,
-        "report": [report],
-    }
+    tasks = {"sst": ("train/finetune_classification.py", sst + shlex.split(args.sst_args)),
+             "squad": ("train/finetune_qa.py", squad + shlex.split(args.squad_args))}
+    commands = {"pretrain": [launch + ["train/pretrain.py"] + pretrain]}
+    for stage in finetune_stages(args):
+        script, options = tasks[stage.removesuffix(CONTROL_SUFFIX)]
+        # The control differs from ours in one option only: same shape, tokenizer, data, schedule and seeds.
+        control = ["--random_init", "true"] if stage.endswith(CONTROL_SUFFIX) else []
+        commands[stage] = [launch + [script] + options + ["--model_name_or_path", pretrained, *control,
+                                                          "--output_dir", str(folder), *seed]
+                           for folder, seed in seed_runs(runs / stage, args)]
+    # Parameter diffs and the per-run sections of the report are about one run of ours: the first seed's.
+    first = {task: RunFolder(seed_runs(runs / task, args)[0][0]) for task in tasks}
+    commands["params"] = [[sys.executable, "-m", "analysis.params", pretrained, str(first[task].final_dir),
+                           "--json", str(runs / "params" / f"{task}_diff.json")] for task in tasks]
+    commands["report"] = [[sys.executable, "-m", "analysis.report", str(runs / "pretrain"), str(first["sst"].root),
+                           str(first["squad"].root), "--out", str(runs / "report"),
+                           "--params-diff", str(runs / "params" / "sst_diff.json"),
+                           "--params-diff", str(runs / "params" / "squad_diff.json"), "--arms", str(runs)]]
+    return commands
+
+
+CONTROL_SUFFIX = "_control"
+FINETUNE_STAGES = ("sst", "squad", "sst_control", "squad_control")
+
+
+def finetune_stages(args) -> list[str]:
+    return ["sst", "squad"] + (["sst_control", "squad_control"] if args.control else [])
+
+
+def seed_runs(stage_dir: Path, args) -> list[tuple[Path, list[str]]]:
+    """(output folder, seed options) of each run of a fine-tuning stage. One seed keeps the stage folder itself
+    (the layout before --seeds existed) and the scripts' own default seed unless --seed is given."""
+    if args.seeds == 1:
+        return [(stage_dir, [] if args.seed is None else ["--seed", str(args.seed)])]
+    base = 42 if args.seed is None else args.seed
+    return [(stage_dir / RunFolder.seed_folder_name(seed), ["--seed", str(seed)])
+            for seed in range(base, base + args.seeds)]
+
+
+def output_dir(cmd: list[str]) -> Path:
+    """The folder a fine-tuning command writes (the last --output_dir wins, as in the scripts' parser)."""
+    return Path(cmd[len(cmd) - 1 - cmd[::-1].index("--output_dir") + 1])
 
 
 def accelerate_config(name: str) -> Path:
@@ -119,9 +154,9 @@ def stage_done(stage: str, runs: Path, commands: list[list[str]]) -> bool:
     if recorded.is_file() and json.loads(recorded.read_text()) != portable(commands):
         raise PipelineError(f"{runs / stage} holds a stage made by other commands (other data or options, see "
                             f"{recorded}); pass --runs-dir NEW_FOLDER, or delete {runs / stage} to redo it")
-    if stage in ("pretrain", "sst", "squad"):
-        folder = RunFolder(runs / stage)
-        return (folder.final_dir / "model.safetensors").is_file() and folder.eval_results_file.is_file()
+    if stage == "pretrain" or stage in FINETUNE_STAGES:
+        folders = [RunFolder(runs / stage)] if stage == "pretrain" else [RunFolder(output_dir(c)) for c in commands]
+        return all((f.final_dir / "model.safetensors").is_file() and f.eval_results_file.is_file() for f in folders)
     if stage == "params":
         return all((runs / "params" / f"{t}_diff.json").is_file() for t in ("sst", "squad"))
     return False  # the report is cheap and reflects whatever is there now
@@ -192,14 +227,36 @@ def main(argv=None) -> int:
     parser.add_argument("--pretrain-args", default="", help="extra options for train/pretrain.py")
     parser.add_argument("--sst-args", default="", help="extra options for train/finetune_classification.py")
     parser.add_argument("--squad-args", default="", help="extra options for train/finetune_qa.py")
-    parser.add_argument("--stages", default="pretrain,sst,squad,params,report")
+    parser.add_argument("--pretrain-config", default=None, help="pretraining preset (default: "
+                        "train/configs/smoke.yaml with --smoke, else train/configs/bert_base.yaml)")
+    parser.add_argument("--control", action=argparse.BooleanOptionalAction, default=None,
+                        help="also fine-tune a random-init model of the pretrained model's shape (stages "
+                        "sst_control, squad_control); default on for full runs, off for --smoke (it doubles the "
+                        "fine-tuning time)")
+    parser.add_argument("--seeds", type=int, default=1, help="N: every fine-tuning stage runs seeds "
+                        "SEED..SEED+N-1 into RUNS/<stage>/seed_<k>/; pretraining runs once")
+    parser.add_argument("--seed", type=int, default=None, help="first fine-tuning seed (default: the scripts' 42)")
+    parser.add_argument("--stages", default=None, help="comma-separated (default: pretrain, sst, squad, "
+                        "sst_control and squad_control with --control, params, report)")
     parser.add_argument("--dry-run", action="store_true", help="print the commands only")
     args = parser.parse_args(argv)
     args.runs_dir = args.runs_dir or ("runs/pipeline_smoke" if args.smoke else "runs/pipeline")
+    args.pretrain_config = args.pretrain_config or f"train/configs/{'smoke' if args.smoke else 'bert_base'}.yaml"
+    args.control = not args.smoke if args.control is None else args.control
+    args.stages = args.stages or ",".join(["pretrain", *finetune_stages(args), "params", "report"])
+    if args.seeds < 1:
+        print(f"error: --seeds must be at least 1, got {args.seeds}", file=sys.stderr)
+        return 2
     runs = Path(args.runs_dir).resolve()
     try:
         check_inputs(args)
         commands = stage_commands(args)
+        unknown = [stage for stage in args.stages.split(",") if stage not in commands]
+        if unknown:
+            raise PipelineError(f"--stages {','.join(unknown)}: not a stage of this run (its stages: "
+                                f"{', '.join(commands)}; the *_control stages need --control)")
+        if not (REPO / args.pretrain_config).is_file():
+            raise PipelineError(f"--pretrain-config {args.pretrain_config}: no such file (see train/configs/)")
     except PipelineError as err:
         print(f"error: {err}", file=sys.stderr)
         return 2
@@ -217,7 +274,10 @@ def main(argv=None) -> int:
             folder.root.mkdir(parents=True, exist_ok=True)
             folder.pipeline_record.write_text(json.dumps(portable(commands[stage])) + "\n")
         for cmd in commands[stage]:
-            if stage in ("pretrain", "sst", "squad") and folder.config_file.is_file():
+            run = folder if stage == "pretrain" else RunFolder(output_dir(cmd)) if stage in FINETUNE_STAGES else None
+            if run is not None and (run.final_dir / "model.safetensors").is_file() and run.eval_results_file.is_file():
+                continue  # one seed of an interrupted stage that had finished
+            if run is not None and run.config_file.is_file():
                 cmd = cmd + ["--resume_from_checkpoint", "latest"]  # an earlier attempt: continue it
             print(f"[pipeline] {stage}: {shlex.join(cmd)}", flush=True)
             if args.dry_run:

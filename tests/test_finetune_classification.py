@@ -278,6 +278,30 @@ def test_params_block_answers_why_the_count_changed(smoke_run):
     assert params["after"]["total"] == sum(p.numel() for p in reloaded.parameters())
 
 
+def test_random_init_control_keeps_the_shape_and_loads_no_weights(tiny_bert, sst_trees, tmp_path, capsys):
+    """--random_init: same config and tokenizer as the pretrained folder, every weight drawn from --seed (so two
+    seeds differ and none equals the checkpoint), recorded in config.yaml and the model card; --do_train false
+    refuses it (a random head has nothing to evaluate)."""
+    from safetensors.torch import load_file
+    pretrained = load_file(tiny_bert / "model.safetensors")
+    finals = []
+    for seed in ("7", "8"):
+        out = tmp_path / f"control_{seed}"
+        assert run_classification(cls_args(tiny_bert, out, "--random_init", "true", "--max_train_steps", "1",
+                                           "--learning_rate", "1e-9", "--checkpointing_steps", "none",
+                                           "--seed", seed, trees=sst_trees)) == 0
+        load = yaml.safe_load((out / "config.yaml").read_text())["model_load"]
+        assert load["random_init"] is True and "classifier.weight" in load["newly_initialized"]
+        assert "random init (config and tokenizer of" in (out / "final" / "README.md").read_text()
+        finals.append(load_file(out / "final" / "model.safetensors"))
+    name = "bert.encoder.layer.0.attention.self.query.weight"
+    assert finals[0][name].shape == pretrained[name].shape
+    assert not finals[0][name].equal(pretrained[name]) and not finals[0][name].equal(finals[1][name])
+    code, err = cli_classification(cls_args(tiny_bert, tmp_path / "eval_only", "--random_init", "true",
+                                            "--do_train", "false", trees=sst_trees), capsys)
+    assert code != 0 and "no trained classifier head" in err
+
+
 @pytest.mark.slow
 def test_real_minilm_weights_learn_and_add_exactly_the_head(sst_trees, tmp_path):
     """The real pretrained MiniLM (a BertModel with pooler): a 5-class head adds exactly 384*5 + 5 parameters and

@@ -4,6 +4,8 @@ fixtures, stage skipping on a rerun, and the resume of an interrupted stage."""
 from __future__ import annotations
 
 import json
+import re
+import shlex
 import subprocess
 import sys
 from pathlib import Path
@@ -117,3 +119,57 @@ def test_a_complete_stage_of_other_commands_is_neither_reused_nor_overwritten(sm
     assert "holds a stage made by other commands" in proc.stderr and "--runs-dir" in proc.stderr
     assert "complete, skipped" not in proc.stdout
     assert (runs / "pretrain" / "final" / "model.safetensors").stat().st_mtime_ns == before
+
+
+def planned(proc: subprocess.CompletedProcess) -> dict[str, list[list[str]]]:
+    """{stage: [command, ...]} from a --dry-run's output."""
+    plan: dict[str, list[list[str]]] = {}
+    for line in proc.stdout.splitlines():
+        match = re.match(r"\[pipeline\] (\w+): (.*)", line)  # the data lines are "data: FOLDER (why)"
+        if match and match.group(1) != "data":
+            plan.setdefault(match.group(1), []).append(shlex.split(match.group(2)))
+    return plan
+
+
+def test_control_and_seeds_plan(data, tmp_path):
+    """--control --seeds 2 --seed 5: pretraining once; each fine-tuning stage and its control one run per seed in
+    <stage>/seed_<k>/, the control's commands equal to ours but for --random_init true and the folder."""
+    runs = tmp_path / "runs"
+    proc = pipeline(runs, data, "--control", "--seeds", "2", "--seed", "5", "--dry-run")
+    assert proc.returncode == 0, proc.stderr
+    plan = planned(proc)
+    assert list(plan) == ["pretrain", "sst", "squad", "sst_control", "squad_control", "params", "report"]
+    assert len(plan["pretrain"]) == 1
+    for task in ("sst", "squad"):
+        ours, control = plan[task], plan[f"{task}_control"]
+        assert [c[c.index("--output_dir") + 1] for c in ours] == [str(runs / task / f"seed_{s}") for s in (5, 6)]
+        assert [c[c.index("--seed") + 1] for c in ours] == ["5", "6"]
+        for mine, theirs in zip(ours, control, strict=True):
+            assert theirs[theirs.index("--model_name_or_path") + 1] == str(runs / "pretrain" / "final")
+            assert [a for a in theirs if a not in ("--random_init", "true")] == \
+                [a.replace(str(runs / task), str(runs / f"{task}_control")) for a in mine]
+    assert plan["params"][0][4] == str(runs / "sst" / "seed_5" / "final")
+    assert plan["report"][0][-2:] == ["--arms", str(runs)]
+    # The smoke default: no control (it doubles the fine-tuning time), one seed in the stage folder itself.
+    plan = planned(pipeline(runs, data, "--dry-run"))
+    assert "sst_control" not in plan and plan["sst"][0][plan["sst"][0].index("--output_dir") + 1] == str(runs / "sst")
+    proc = pipeline(runs, data, "--stages", "sst_control", "--dry-run")
+    assert proc.returncode == 2 and "--stages sst_control: not a stage of this run" in proc.stderr
+    proc = pipeline(runs, data, "--pretrain-config", "train/configs/nope.yaml", "--dry-run")
+    assert proc.returncode == 2 and "--pretrain-config train/configs/nope.yaml: no such file" in proc.stderr
+
+
+@pytest.mark.slow
+def test_a_real_control_stage_beside_ours_in_the_report(smoke, data):
+    """The control stage fine-tunes a random init of the pretrained model's shape; the report sets it beside ours."""
+    runs, _ = smoke
+    proc = pipeline(runs, data, "--control", "--stages", "sst_control,report")
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    config = (runs / "sst_control" / "config.yaml").read_text()
+    assert "random_init: true" in config and f"random init (config and tokenizer of {runs / 'pretrain' / 'final'}" \
+        in config
+    arms = json.loads((runs / "report" / "arms.json").read_text())
+    accuracy = arms["rows"][0]
+    assert accuracy["ours"]["n"] == accuracy["control"]["n"] == 1 and accuracy["majority"] is not None
+    assert f"{runs / 'squad_control'}: stage not run (launch/pipeline.py --control runs it)" in arms["missing"]
+    assert "| SST-5 test accuracy |" in (runs / "report" / "report.md").read_text()

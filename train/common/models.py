@@ -206,6 +206,17 @@ def load_model_for_task(model_args, auto_class, seed: int, **task_config):
                                  f"model {name!r} embeds only {config.vocab_size}; use the tokenizer saved with the "
                                  "model (leave --tokenizer_name unset)")
     set_seed(seed)
+    if model_args.random_init:
+        # The control arm: nothing learned is loaded, so every tensor is "newly initialised" by design.
+        model = auto_class.from_config(config, attn_implementation=model_args.attn_implementation,
+                                       trust_remote_code=model_args.trust_remote_code)
+        report = {"source": f"random init (config and tokenizer of {name})", "architecture": type(model).__name__,
+                  "random_init": True, "dropped": [], "mismatched": [],
+                  # module paths, two levels deep: short enough for the model card, and the head is among them
+                  "newly_initialized": sorted({".".join(n.split(".")[:2]) for n, _ in model.named_parameters()})}
+        if model_args.torch_compile:
+            getattr(model, model.base_model_prefix).compile()
+        return model, tokenizer, report
     try:
         model, info = auto_class.from_pretrained(name, config=config, output_loading_info=True,
                                                  attn_implementation=model_args.attn_implementation,

@@ -40,6 +40,10 @@ class FinetuneModelArguments:
     classifier_dropout: float | None = _help(
         "Dropout before the task head (default: hidden_dropout_prob, as BERT does).", default=None)
     torch_compile: bool = _help("torch.compile the encoder.", default=False)
+    random_init: bool = _help(
+        "Take only the config and tokenizer from --model_name_or_path and initialise every weight randomly from "
+        "--seed: the control that shows what pretraining adds (same shape, same vocabulary, no learned weights).",
+        default=False)
 
     def __post_init__(self):
         _choice("attn_implementation", self.attn_implementation, ("sdpa", "eager"))
