@@ -77,6 +77,15 @@ def test_a_bad_torch_compile_mode_is_one_error_line():
         proc.stderr[-3000:]
 
 
+def test_cpu_small_preset_parses_and_works_on_a_fresh_clone():
+    model, data, opt, run = parse_config(PRETRAIN, ["--config", str(REPO / "train/configs/cpu_small.yaml")])
+    assert (model.hidden_size, model.num_hidden_layers, model.num_attention_heads) == (256, 4, 4)
+    assert data.train_tokenizer == 4000 and run.output_dir == "runs/cpu_small"
+    assert 0 < opt.warmup_ratio <= 0.1 and opt.lr_scheduler_type == "linear"
+    # Its default input is the embedded sample, never our machines' ../shared copy: a fresh clone runs it as is.
+    assert data.train_file == "data/sample/wikitext-2-raw/sample-train.raw" and (REPO / data.train_file).is_file()
+
+
 @pytest.mark.parametrize("preset", sorted((REPO / "train/configs").glob("*.yaml")), ids=lambda p: p.name)
 def test_every_preset_validates(preset):
     text = yaml.safe_load(preset.read_text())

@@ -84,6 +84,13 @@ TABLE: dict[str, Spec] = {
     "runs/smoke_text":
         Spec(RUN, subs=(("TEXT", "{text_file}"),), add=PRETRAIN_SMOKE, slow=True,
              creates=("runs/smoke_text/final/model.safetensors",)),
+    # ---- README.md: the CPU preset that learns; TEXT: a generated WikiText-style file (the README's is wiki.test.raw;
+    # the measured 15-minute run is in the README, a test runs the preset for a few steps) ----
+    "accelerate launch train/pretrain.py --config train/configs/cpu_small.yaml --train_file TEXT --output_dir "
+    "runs/cpu_small_wikitext":
+        Spec(RUN, subs=(("TEXT", "{text_file}"),), add=PRETRAIN_SMOKE, slow=True, prints=r"unigram baseline",
+             creates=("runs/cpu_small_wikitext/final/model.safetensors",
+                      "runs/cpu_small_wikitext/eval_results.json")),
     # ---- README.md: several processes, GPUs, DeepSpeed ----
     # TEXT as above.
     "accelerate launch --config_file accelerate_configs/cpu_ddp.yaml train/pretrain.py --config "

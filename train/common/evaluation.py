@@ -44,7 +44,8 @@ def training_baselines(train_split, vocab_size: int, special_ids) -> Baselines:
     special[list(special_ids)] = True
     counts[special] = 0.0
     smoothed = np.where(special, 0.0, counts + 1.0)
-    return Baselines(torch.from_numpy(np.log(smoothed / smoothed.sum())))
+    with np.errstate(divide="ignore"):  # log(0) = -inf for the special tokens is intended, not worth a warning
+        return Baselines(torch.from_numpy(np.log(smoothed / smoothed.sum())))
 
 
 @torch.no_grad()
