@@ -3,7 +3,7 @@
     python launch/pipeline.py --smoke                       # CPU, minutes, offline: ../shared/data or the sample
     python launch/pipeline.py --smoke --data-dir DIR        # a folder laid out like ../shared/data (or data/sample)
     python launch/pipeline.py --accelerate-config multi_gpu --num-processes 8    # full size (hub data)
-    python launch/pipeline.py --smoke --control --seeds 3   # ours vs a random-init control, 3 seeds each
+    python launch/pipeline.py --smoke --control --seeds 3 --runs-dir runs/pipeline_control   # ours vs random init
 
 --control adds sst_control/squad_control: the same fine-tuning from a random init of the pretrained model's shape
 (--random_init true; on by default for full runs, off for --smoke, where it doubles the fine-tuning time).

@@ -150,7 +150,8 @@ TABLE: dict[str, Spec] = {
              creates=("runs/pipeline_shared/report/report.md",), prints=r"\[pipeline\] data: .*--data-dir"),
     "python launch/pipeline.py --accelerate-config multi_gpu --num-processes 8":
         Spec(PARSE, add="--dry-run", why="8 GPUs, hub data: the printed stage commands are parsed"),
-    "python launch/pipeline.py --smoke --control --seeds 3":
+    # its own runs folder: runs/pipeline_smoke's stages (one seed, no control) were made by other commands
+    "python launch/pipeline.py --smoke --control --seeds 3 --runs-dir runs/pipeline_control":
         Spec(PARSE, add="--dry-run", why="12 fine-tuning runs (hours on 2 cores): the printed plan is parsed; "
              "tests/test_pipeline.py checks the plan and runs a real control stage"),
     # ---- train/FINETUNING.md: CPU commands (MiniLM) ----
