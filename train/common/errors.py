@@ -36,7 +36,7 @@ def run_main(main: Callable[[], int]) -> int:
     from .run_folder import forget_output_dirs
     forget_output_dirs()  # an earlier in-process run's folders are not this run's to clean up
     try:
-        return main()
+        code = main()
     except _expected() as err:
         return _fail(str(err))
     except Exception as err:
@@ -47,6 +47,16 @@ def run_main(main: Callable[[], int]) -> int:
         if line is None:
             raise  # not a known failure: the traceback is what helps
         return _fail(line, root_cause=False)
+    _close_process_group()
+    return code
+
+
+def _close_process_group() -> None:
+    """A finished run closes its process group: left to the interpreter's exit, gloo's threads were seen to abort
+    a rank (SIGABRT, "terminate called without an active exception") after everything had been written."""
+    import torch.distributed as dist
+    if dist.is_available() and dist.is_initialized():
+        dist.destroy_process_group()
 
 
 def _fail(message: str, root_cause: bool = True) -> int:
