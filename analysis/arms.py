@@ -19,7 +19,7 @@ import statistics
 import sys
 from pathlib import Path
 
-from train.common.run_folder import RunFolder, RunFolderError
+from train.common.run_folder import RunFolder, RunFolderError, write_json_atomic
 
 # (row label, stage, how to read the number from eval_results.json, majority baseline from the same file or None)
 ROWS = (
@@ -159,7 +159,7 @@ def main(argv=None) -> int:
         print(f"error: {err}", file=sys.stderr)
         return 2
     if args.json:
-        Path(args.json).write_text(json.dumps(comparison, indent=2) + "\n")
+        write_json_atomic(Path(args.json), comparison)  # a rerun never leaves a half-written table
     print("\n".join(markdown(comparison)))
     return 0
 
