@@ -210,6 +210,20 @@ def detect_version(dataset: Any) -> int:
 # Per-question scoring
 
 
+def _best_over_golds(pred: str, golds: list[str], *, v2_empty_rule: bool) -> tuple[int, float, int]:
+    """The official scripts' max over gold answers: (exact, f1, index of the gold giving the best F1, first on ties)."""
+    p_norm = normalize_answer(pred)
+    p_toks = p_norm.split()
+    exact, f1, best = 0, 0.0, 0
+    for n, gold in enumerate(golds):
+        g_norm = normalize_answer(gold)
+        exact = max(exact, int(p_norm == g_norm))
+        score = _token_f1(p_toks, g_norm.split(), v2_empty_rule)
+        if score > f1:
+            f1, best = score, n
+    return exact, f1, best
+
+
 def _score_v1(articles: Any, predictions: Mapping[str, str], source: str) -> list[dict]:
     rows = []
     for where, qa in _collect_questions(articles, source):
@@ -222,16 +236,9 @@ def _score_v1(articles: Any, predictions: Mapping[str, str], source: str) -> lis
         if pred is None:
             row.update(exact=0, f1=0.0, best_gold=golds[0], empty_quirk=False)
         else:
-            p_norm = normalize_answer(pred)
-            p_toks = p_norm.split()
-            exact, f1, best = 0, 0.0, 0
-            for n, gold in enumerate(golds):
-                g_norm = normalize_answer(gold)
-                exact = max(exact, int(p_norm == g_norm))
-                score = _token_f1(p_toks, g_norm.split(), False)
-                if score > f1:
-                    f1, best = score, n
-            row.update(exact=exact, f1=f1, best_gold=golds[best], empty_quirk=bool(exact and not p_norm))
+            exact, f1, best = _best_over_golds(pred, golds, v2_empty_rule=False)
+            empty_quirk = bool(exact and not normalize_answer(pred))
+            row.update(exact=exact, f1=f1, best_gold=golds[best], empty_quirk=empty_quirk)
         rows.append(row)
     return rows
 
@@ -248,15 +255,7 @@ def _score_v2(articles: Any, predictions: Mapping[str, str], na_probs: Mapping[s
             row.update(raw_exact=0, raw_f1=0.0, exact=0, f1=0.0, best_gold=golds[0])
             rows.append(row)
             continue
-        p_norm = normalize_answer(pred)
-        p_toks = p_norm.split()
-        exact, f1, best = 0, 0.0, 0
-        for n, gold in enumerate(golds):
-            g_norm = normalize_answer(gold)
-            exact = max(exact, int(p_norm == g_norm))
-            score = _token_f1(p_toks, g_norm.split(), True)
-            if score > f1:
-                f1, best = score, n
+        exact, f1, best = _best_over_golds(pred, golds, v2_empty_rule=True)
         row.update(raw_exact=exact, raw_f1=f1, best_gold=golds[best])
         if na_probs is None:
             na_prob = 0.0  # the official default when no --na-prob-file is given
