@@ -22,6 +22,7 @@ from tests.conftest import REPO, free_port, launch_env, pretrain_args, read_json
 from tests.test_finetune_classification import cls_args, run_classification, write_sst_trees, write_tiny_bert
 from tests.test_finetune_qa import TINY_V1, qa_args, run_qa
 from train.common.checkpoint import list_checkpoints, validate_checkpoint
+from train.common.loop import MAX_STEPS_BETWEEN_AGREEMENTS
 
 LONG = "100000"      # optimizer steps: far more than a test waits for, so a process that is not stopped keeps going
 GONE_WITHIN = 90     # seconds for the launcher and all its descendants to exit after the signal (typically ~5)
@@ -316,7 +317,8 @@ def test_ctrl_c_checkpoints_at_the_next_step(corpus_dir, tiny_bert, sst_trees, t
     launch.assert_all_gone()
     step = assert_preempted(run, "SIGINT")
     stderr = launch.stderr()
-    assert "Ctrl-C: saving a checkpoint at the next optimizer step" in stderr and "interrupted" not in stderr
+    assert "Ctrl-C: saving a checkpoint once the ranks agree" in stderr and "interrupted" not in stderr
+    assert f"at most {MAX_STEPS_BETWEEN_AGREEMENTS} optimizer steps on" in stderr  # the message keeps up with the loop
     assert_no_traceback_from_training(stderr)
     assert_resumes(main, argv, run, step)
 

@@ -68,7 +68,8 @@ class PreemptionFlag:
                 signal.signal(signal.SIGINT, signal.SIG_DFL)  # a third Ctrl-C kills, even while unwinding
                 raise KeyboardInterrupt
             if os.environ.get("RANK", "0") == "0":  # os.write: no locks inside a signal handler
-                os.write(2, b"\nCtrl-C: saving a checkpoint at the next optimizer step; Ctrl-C again stops at once\n")
+                os.write(2, b"\nCtrl-C: saving a checkpoint once the ranks agree (at most 25 optimizer steps on); "
+                         b"Ctrl-C again stops at once\n")
         if self.received is None:
             self.received = signum
 
