@@ -119,6 +119,8 @@ def ours_argv(args, preset: Path, tokenizer_dir: str, batch_size: int) -> list[s
         argv.append("--no_sparse_mlm_head")
     if args.torch_compile:
         argv.append("--torch_compile")
+    if args.fused_encoder:
+        argv += ["--fused_encoder", "true"]
     return argv
 
 
@@ -232,6 +234,9 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--no_sparse_mlm_head", dest="sparse_mlm_head", action="store_false",
                         help="Run our loop with the dense MLM head (to see what the sparse head buys).")
     parser.add_argument("--torch_compile", action="store_true", help="Compile the encoder on both sides.")
+    parser.add_argument("--fused_encoder", action="store_true",
+                        help="Our loop with --fused_encoder true (train/common/fused_encoder.py); the Trainer side "
+                             "keeps BertForPreTraining's own forward.")
     parser.add_argument("--ours_unfused_adamw", action="store_true",
                         help="WHAT-IF, not the script as it is: our loop with the per-tensor (foreach) AdamW "
                              "instead of the fused one (what it used on CPU before).")
@@ -312,7 +317,7 @@ def main(argv=None) -> int:
             "batch_size": batch_size, "seq_len": data_args.max_seq_length, "precision": args.precision,
             "steps_per_run": args.steps, "warmup_steps_dropped": args.warmup, "repeats": args.repeats,
             "sparse_mlm_head": args.sparse_mlm_head, "torch_compile": args.torch_compile,
-            "ours_unfused_adamw_what_if": args.ours_unfused_adamw,
+            "fused_encoder": args.fused_encoder, "ours_unfused_adamw_what_if": args.ours_unfused_adamw,
             "baseline_collator": args.baseline_collator, "dataloader_num_workers": args.dataloader_num_workers,
             "train_file": str(args.train_file), "train_instances": len(splits["train"]),
             "attn_implementation": model_args.attn_implementation,

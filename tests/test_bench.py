@@ -111,6 +111,16 @@ def test_finetune_benchmark_skips_a_missing_script(tmp_path, monkeypatch, capsys
     assert result["skipped"] is True and "does not exist" in result["reason"] and result["target_met"] is None
 
 
+def test_pretrain_benchmark_fused_encoder_reaches_the_script():
+    import bench.pretrain_throughput as pt
+    args = pt.build_parser().parse_args(["--shape", "smoke", "--fused_encoder"])
+    model_args = pt.parse_pretrain_args(pt.ours_argv(args, REPO / "train/configs/smoke.yaml", "tok", 8))[0]
+    assert model_args.fused_encoder is True
+    args = pt.build_parser().parse_args(["--shape", "smoke"])
+    assert pt.parse_pretrain_args(pt.ours_argv(args, REPO / "train/configs/smoke.yaml", "tok", 8))[0].fused_encoder \
+        is False
+
+
 # ---------------------------------------------------------------------------------------------- slow
 
 
