@@ -299,3 +299,15 @@ def test_peak_table_tells_the_h200_parts_apart():
     assert peak_tflops_for("NVIDIA H200 NVL") == 835.0
     assert peak_tflops_for("NVIDIA H100 80GB HBM3") == 989.4 and peak_tflops_for("NVIDIA H100 PCIe") == 756.0
     assert peak_tflops_for("cpu") is None and peak_tflops_for("cpu", override=2.0) == 2.0
+
+
+def test_dense_head_flops_count_the_decoder_at_every_token():
+    """mfu_dense_head differs from mfu by the MLM transform + decoder at the unmasked tokens, nothing else."""
+    from transformers import BertConfig
+
+    from train.common.throughput import bert_training_flops, dense_head_training_flops
+    config = BertConfig(vocab_size=30522, hidden_size=768, num_hidden_layers=12, intermediate_size=3072)
+    tokens, sum_len_sq, masked = 256 * 128, 256 * 128 ** 2, 256 * 19
+    extra = dense_head_training_flops(config, tokens, sum_len_sq) - bert_training_flops(config, tokens, sum_len_sq,
+                                                                                         masked)
+    assert extra == 3 * (tokens - masked) * (2 * 768 ** 2 + 2 * 768 * 30522)
