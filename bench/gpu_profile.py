@@ -1,30 +1,31 @@
-"""Where a pretraining step's time goes on one GPU (a diagnostic next to gpu_check.sh, not part of it).
+"""Where a pretraining step's time goes on one GPU: the step variants of bench/gpu_check.sh, and a CLI that runs
+several of them in one process.
 
     python -m bench.gpu_profile --out bench_out/gpu_profile.json                  # bert-base, 256 x 128, bf16
     python -m bench.gpu_profile --device cpu --tiny                               # dry run
 
 Times the step of train/pretrain.py WITHOUT its loop (batches collated once and kept on the device; the
-objective, autocast, clip and fused AdamW from train.common), in variants, so that the gap between the
-loop's throughput (gpu_check) and the model's own is visible, and what inside the model costs:
-  sparse          PretrainingObjective with the sparse MLM head fed the collator's fixed-width position table
-                  (the script's default step)
+objective, autocast, clip and fused AdamW from train.common), so that the gap between the loop's throughput
+and the model's own is visible, and what inside the model costs. A variant is named by tokens:
+  sparse          (no token) PretrainingObjective with the sparse MLM head fed the collator's fixed-width
+                  position table (the script's step); the batch carries its all-ones attention mask
+  no_mask         the collator leaves the mask out of unpadded batches (what the script does): the encoder gets
+                  attention_mask=None, so SDPA may take its flash / no-mask kernels
+  fused           the encoder as train/common/fused_encoder.py writes it (--fused_encoder)
   boolean_index   the sparse head finding the masked positions by boolean indexing (a data-dependent size:
                   one device->host sync per forward, and a graph break under torch.compile)
   dense           the dense MLM head (what BertForPreTraining's own loss computes)
-  no_dropout      sparse, hidden and attention dropout 0 (dropout kernels and their masks cost)
-  sync_per_step   sparse + one device->host sync per step (what the loop did before its agreement waited)
-  batch_512       sparse, twice the batch
+  no_dropout      hidden and attention dropout 0 (dropout kernels and their masks cost)
+  sync_per_step   one device->host sync per step (what the loop did before its agreement waited)
+  batch_512       twice the batch
   compiled        the whole objective compiled in place (what --torch_compile does)
   encoder_compiled  only the encoder compiled (what --torch_compile did before the position table)
-  bf16_weights    sparse with the whole model cast to bf16 (no fp32 master weights: a ceiling for
-                  "bf16 activations end to end", not a recipe)
+  bf16_weights    the whole model cast to bf16 (no fp32 master weights: a ceiling, not a recipe)
   max_autotune    compiled with mode="max-autotune-no-cudagraphs" (Triton/cuBLAS choices autotuned: minutes)
-  cudagraphs      compiled with mode="reduce-overhead" (CUDA graphs; both: mode="max-autotune"). Compile modes
-                  are what-ifs, not script options
-Variant names combine: any name containing boolean_index / dense / compiled / batch_512 / no_dropout /
-bf16_weights / max_autotune / cudagraphs gets that (max_autotune and cudagraphs imply compiled), e.g.
-compiled_cudagraphs_batch_512. A torch.profiler table of the top kernels (CUDA time, grouped by kind) is
-taken for the variants in --profile.
+  cudagraphs      compiled with mode="reduce-overhead" (CUDA graphs; both: mode="max-autotune")
+e.g. fused_compiled_cudagraphs_batch_512_no_mask. Every variant is profiled for 3 steps after its timing
+(torch.profiler): the attention kernel it ran, kernel-busy time against wall time, and for the variants in
+--profile a table of the top kernels (CUDA time, grouped by kind).
 """
 
 from __future__ import annotations
@@ -41,7 +42,11 @@ from typing import Any
 if __package__ in (None, ""):
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from bench.gpu_throughput import BERT_BASE, TINY
+BERT_BASE = {"hidden_size": 768, "num_hidden_layers": 12, "num_attention_heads": 12, "intermediate_size": 3072,
+             "max_position_embeddings": 512}
+TINY = {"hidden_size": 64, "num_hidden_layers": 2, "num_attention_heads": 2, "intermediate_size": 256,
+        "max_position_embeddings": 512}
+PROFILED_STEPS = 3
 
 
 def kernel_kind(name: str) -> str:
@@ -50,9 +55,10 @@ def kernel_kind(name: str) -> str:
         # Inductor's generated kernels: fused pointwise/reduction work (matmuls stay in cuBLAS unless
         # max-autotune picks a triton template: those names contain "mm").
         return "matmul" if "_mm" in n or "bmm" in n else "compiled fused (triton)"
-    if any(k in n for k in ("gemm", "cutlass", "sm90_xmma", "cublas", "matmul", "nvjet")):
+    if any(k in n for k in ("gemm", "cutlass", "sm90_xmma", "cublas", "matmul", "nvjet")) or n in (
+            "aten::mm", "aten::addmm", "aten::bmm"):  # the last: CPU dry runs, where ops stand for kernels
         return "matmul"
-    if any(k in n for k in ("flash", "fmha", "attention", "efficient")):
+    if any(k in n for k in ("flash", "fmha", "attention", "efficient", "sdpa", "scaled_dot_product")):
         return "attention"
     if "layer_norm" in n or "layernorm" in n:
         return "layer_norm"
@@ -73,6 +79,164 @@ def kernel_kind(name: str) -> str:
     return "elementwise/other"
 
 
+def peak_memory() -> dict[str, Any]:
+    """This process's peak memory: the CUDA allocator's on a GPU, else the resident set (a CPU dry run)."""
+    import torch
+
+    from bench.common import peak_rss_mib
+    if torch.cuda.is_available():
+        return {"peak_memory_gib": torch.cuda.max_memory_allocated() / 2 ** 30,
+                "peak_memory_of": "torch.cuda.max_memory_allocated"}
+    return {"peak_memory_gib": peak_rss_mib() / 1024.0, "peak_memory_of": "process peak RSS (CPU)"}
+
+
+def compile_mode(variant: str) -> str | None:
+    autotune, graphs = "max_autotune" in variant, "cudagraphs" in variant
+    return {(False, False): None, (True, False): "max-autotune-no-cudagraphs", (False, True): "reduce-overhead",
+            (True, True): "max-autotune"}[(autotune, graphs)]
+
+
+def is_compiled(variant: str) -> bool:
+    return any(k in variant for k in ("compiled", "max_autotune", "cudagraphs"))
+
+
+def kernel_profile(step, data, device, table: bool) -> dict[str, Any]:
+    """PROFILED_STEPS steps under torch.profiler: the attention kernel seen, kernel-busy vs wall time and, with
+    `table`, the top kernels. On CPU the 'kernels' are the aten ops (self CPU time): a dry run of the shape only."""
+    import torch
+    from torch.profiler import ProfilerActivity, profile
+    cuda = device.type == "cuda"
+    activities = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if cuda else [])
+    with profile(activities=activities) as prof:
+        start = time.perf_counter()
+        for i in range(PROFILED_STEPS):
+            step(data[i % len(data)])
+        if cuda:
+            torch.cuda.synchronize()
+        wall = time.perf_counter() - start
+    key = (lambda e: e.self_device_time_total) if cuda else (lambda e: e.self_cpu_time_total)
+    # On CUDA the aten:: rows are the host side of the kernels below them; their self device time is 0.
+    kernels = [e for e in prof.key_averages() if key(e) > 0 and (not cuda or not e.key.startswith("aten::"))]
+    busy_us = sum(key(e) for e in kernels)
+    attention = sorted((e for e in kernels if kernel_kind(e.key) == "attention"), key=key, reverse=True)
+    result = {"attention_kernel": attention[0].key[:160] if attention else None,
+              "attention_kernels": [e.key[:160] for e in attention[:4]],
+              "kernel_busy_s": busy_us / 1e6, "wall_s": wall,
+              "busy_fraction": busy_us / 1e6 / wall if wall > 0 else None,
+              "profiled_steps": PROFILED_STEPS,
+              "measured": "self CUDA time of kernels" if cuda else "self CPU time of aten ops (CPU dry run)"}
+    if table:
+        total = busy_us or 1.0
+        kinds: dict[str, float] = {}
+        for e in kernels:
+            kinds[kernel_kind(e.key)] = kinds.get(kernel_kind(e.key), 0.0) + key(e)
+        result["kernel_table"] = {
+            "total_ms_per_step": total / PROFILED_STEPS / 1000.0,
+            "by_kind_fraction": {k: round(v / total, 4) for k, v in sorted(kinds.items(), key=lambda kv: -kv[1])},
+            "top": [{"name": e.key[:120], "kind": kernel_kind(e.key),
+                     "ms_per_step": round(key(e) / PROFILED_STEPS / 1000.0, 3), "fraction": round(key(e) / total, 4),
+                     "calls_per_step": e.count / PROFILED_STEPS}
+                    for e in sorted(kernels, key=key, reverse=True)[:20]]}
+    return result
+
+
+def measure_step_variant(variant: str, device_type: str = "cuda", tiny: bool = False, batch_size: int | None = None,
+                         steps: int | None = None, kernel_table: bool = False,
+                         compile_backend: str = "inductor") -> dict[str, Any]:
+    """One variant's step: median step time, samples/s, MFU (our FLOPs and dense-head FLOPs), peak memory and its
+    kernel profile. compile_backend "eager" (the CPU dry run) traces with dynamo but generates no code: the
+    compile modes are then only named, not applied."""
+    import torch
+    from transformers import BertConfig
+
+    from bench.common import SyntheticBertVocab, summarize, synthetic_nsp_instances
+    from train.common.data.masking import PretrainingCollator, max_predictions_per_seq
+    from train.common.models import PretrainingObjective, build_pretraining_model
+    from train.common.optim import parameter_groups
+    from train.common.throughput import bert_training_flops, dense_head_training_flops, peak_tflops_for
+
+    device = torch.device(device_type)
+    cuda = device.type == "cuda"
+    shape = TINY if tiny else BERT_BASE
+    seq = 32 if tiny else 128
+    batch_size = (batch_size or (8 if tiny else 256)) * (2 if "batch_512" in variant else 1)
+    steps = steps or (4 if tiny else 20)
+    vocab = SyntheticBertVocab()
+    position_table = "boolean_index" not in variant and "dense" not in variant
+    collate = PretrainingCollator(vocab, seed=0, omit_full_attention_mask="no_mask" in variant,
+                                  mlm_positions_per_row=max_predictions_per_seq(0.15, seq) if position_table else None)
+    instances = synthetic_nsp_instances(batch_size * 4, seq, vocab, seed=1)
+    data = [{k: v.to(device) for k, v in collate([{**instances[i], "index": i}
+                                                  for i in range(b * batch_size, (b + 1) * batch_size)]).items()}
+            for b in range(4)]
+    dropout = 0.0 if "no_dropout" in variant else 0.1
+    config = BertConfig(vocab_size=len(vocab), hidden_dropout_prob=dropout, attention_probs_dropout_prob=dropout,
+                        **shape)
+    torch._dynamo.reset()  # each variant compiles afresh (and never hits the recompilation limit)
+    torch.manual_seed(0)
+    model = PretrainingObjective(build_pretraining_model(config, "sdpa"), sparse_mlm_head="dense" not in variant,
+                                 fused_encoder="fused" in variant).to(device)
+    if "bf16_weights" in variant:
+        model.to(torch.bfloat16)  # a ceiling only: no fp32 master weights
+    forward, mode = model, compile_mode(variant)
+    if "encoder_compiled" in variant:
+        model.model.bert.compile(backend=compile_backend)
+    elif is_compiled(variant):
+        forward = torch.compile(model, backend=compile_backend, mode=mode if compile_backend == "inductor" else None)
+    optimizer = torch.optim.AdamW(parameter_groups(model, 0.01), lr=1e-4, fused=cuda)
+    masked = sum(int((b["labels"] != -100).sum()) for b in data) / len(data)
+    tokens = batch_size * seq
+    flops = bert_training_flops(config, tokens, batch_size * seq * seq, masked)
+    dense_flops = dense_head_training_flops(config, tokens, batch_size * seq * seq)
+
+    def step(batch):
+        if "cudagraphs" in variant:
+            torch.compiler.cudagraph_mark_step_begin()
+        with torch.autocast(device.type, dtype=torch.bfloat16):
+            sums = forward(**batch)
+        loss = sums.mlm_nll.sum() / sums.masked_tokens.sum() + sums.nsp_nll.mean()
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+        optimizer.step()
+        optimizer.zero_grad(set_to_none=True)
+        if "sync_per_step" in variant:
+            loss.item()
+
+    if cuda:
+        torch.cuda.reset_peak_memory_stats()
+    start = time.perf_counter()
+    for i in range(3):  # compilation, CUDA graph capture, allocator warm-up
+        step(data[i % len(data)])
+    if cuda:
+        torch.cuda.synchronize()
+    warmup_seconds = time.perf_counter() - start
+    times = []
+    for i in range(steps):
+        start = time.perf_counter()
+        step(data[i % len(data)])
+        if cuda:
+            torch.cuda.synchronize()
+        times.append(time.perf_counter() - start)
+    seconds = statistics.median(times)
+    peak = peak_tflops_for(torch.cuda.get_device_name(0)) if cuda else None
+    return {"batch_size": batch_size, "seq_len": seq, "model": shape, "steps": steps,
+            "compile": {"mode": mode, "backend": compile_backend} if is_compiled(variant) else None,
+            "samples_per_second": batch_size / seconds, "step_ms": seconds * 1000.0,
+            "step_seconds": summarize(times), "warmup_seconds": warmup_seconds,
+            "mfu": flops / seconds / (peak * 1e12) if peak else None,
+            "mfu_dense_head": dense_flops / seconds / (peak * 1e12) if peak else None,
+            **peak_memory(), **profiled(step, data, device, kernel_table)}
+
+
+def profiled(step, data, device, kernel_table: bool) -> dict[str, Any]:
+    """The kernel profile, or why there is none: a profiler that fails (CUPTI under CUDA graphs, say) must not
+    cost the variant its timing."""
+    try:
+        return kernel_profile(step, data, device, kernel_table)
+    except Exception as err:
+        return {"profile_error": f"{type(err).__name__}: {str(err)[:500]}"}
+
+
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--device", choices=("cuda", "cpu"), default="cuda")
@@ -88,119 +252,14 @@ def main(argv=None) -> int:
     args = parser.parse_args(argv)
     if args.device == "cpu":
         os.environ["CUDA_VISIBLE_DEVICES"] = ""
-    from bench.common import SyntheticBertVocab, emit, environment, quiet_libraries, summarize, synthetic_nsp_instances
+    from bench.common import emit, environment, quiet_libraries
     quiet_libraries()
     import torch
-    from transformers import BertConfig
-
-    from train.common.data.masking import PretrainingCollator, max_predictions_per_seq
-    from train.common.models import PretrainingObjective, build_pretraining_model
-    from train.common.optim import parameter_groups
-    from train.common.throughput import bert_training_flops, peak_tflops_for
-
-    device = torch.device(args.device)
-    shape = TINY if args.tiny else BERT_BASE
-    seq = 32 if args.tiny else 128
-    base_batch = args.batch_size or (8 if args.tiny else 256)
-    steps = args.steps or (4 if args.tiny else 20)
-    vocab = SyntheticBertVocab()
-    collators = {table: PretrainingCollator(vocab, seed=0, mlm_positions_per_row=max_predictions_per_seq(0.15, seq)
-                                            if table else None) for table in (True, False)}
-    peak = peak_tflops_for(torch.cuda.get_device_name(0)) if args.device == "cuda" else None
-
-    def batches(batch_size: int, count: int, position_table: bool) -> list[dict[str, torch.Tensor]]:
-        data = synthetic_nsp_instances(batch_size * count, seq, vocab, seed=1)
-        out = []
-        for b in range(count):
-            rows = [{**data[i], "index": i} for i in range(b * batch_size, (b + 1) * batch_size)]
-            out.append({k: v.to(device) for k, v in collators[position_table](rows).items()})
-        return out
-
-    def run(variant: str, profile: bool = False) -> dict[str, Any]:
-        batch_size = base_batch * 2 if "batch_512" in variant else base_batch
-        dropout = 0.0 if "no_dropout" in variant else 0.1
-        config = BertConfig(vocab_size=len(vocab), hidden_dropout_prob=dropout, attention_probs_dropout_prob=dropout,
-                            **shape)
-        torch._dynamo.reset()  # each variant compiles afresh (and never hits the recompilation limit)
-        torch.manual_seed(0)
-        model = PretrainingObjective(build_pretraining_model(config, "sdpa"),
-                                     sparse_mlm_head=variant != "dense").to(device)
-        if "bf16_weights" in variant:
-            model.to(torch.bfloat16)  # a ceiling only: no fp32 master weights
-        forward = model
-        if "encoder_compiled" in variant:
-            model.model.bert.compile()
-        elif any(k in variant for k in ("compiled", "max_autotune", "cudagraphs")):
-            autotune, graphs = "max_autotune" in variant, "cudagraphs" in variant
-            mode = {(False, False): None, (True, False): "max-autotune-no-cudagraphs",
-                    (False, True): "reduce-overhead", (True, True): "max-autotune"}[(autotune, graphs)]
-            forward = torch.compile(model, mode=mode)
-        optimizer = torch.optim.AdamW(parameter_groups(model, 0.01), lr=1e-4, fused=args.device == "cuda")
-        data = batches(batch_size, 4, position_table="boolean_index" not in variant and "dense" not in variant)
-        masked = sum(int((b["labels"] != -100).sum()) for b in data) / len(data)
-        flops = bert_training_flops(config, batch_size * seq, batch_size * seq * seq, masked)
-
-        def step(batch):
-            if "cudagraphs" in variant:
-                torch.compiler.cudagraph_mark_step_begin()
-            with torch.autocast(device.type, dtype=torch.bfloat16):
-                sums = forward(**batch)
-            loss = sums.mlm_nll.sum() / sums.masked_tokens.sum() + sums.nsp_nll.mean()
-            loss.backward()
-            torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
-            optimizer.step()
-            optimizer.zero_grad(set_to_none=True)
-            if variant == "sync_per_step":
-                loss.item()
-
-        start = time.perf_counter()
-        for i in range(3):
-            step(data[i % len(data)])
-        if device.type == "cuda":
-            torch.cuda.synchronize()
-        warmup_seconds = time.perf_counter() - start
-        times = []
-        for i in range(steps):
-            start = time.perf_counter()
-            step(data[i % len(data)])
-            if device.type == "cuda":
-                torch.cuda.synchronize()
-            times.append(time.perf_counter() - start)
-        seconds = statistics.median(times)
-        result = {"batch_size": batch_size, "step_seconds": summarize(times), "warmup_seconds": warmup_seconds,
-                  "samples_per_second": batch_size / seconds,
-                  "mfu": flops / seconds / (peak * 1e12) if peak else None}
-        if profile:
-            from torch.profiler import ProfilerActivity
-            from torch.profiler import profile as torch_profile
-            activities = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if device.type == "cuda" else [])
-            with torch_profile(activities=activities) as prof:
-                for i in range(3):
-                    step(data[i % len(data)])
-                if device.type == "cuda":
-                    torch.cuda.synchronize()
-            events = [e for e in prof.key_averages()
-                      if (e.device_time_total if device.type == "cuda" else e.self_cpu_time_total) > 0]
-            key = (lambda e: e.self_device_time_total) if device.type == "cuda" else (lambda e: e.self_cpu_time_total)
-            kernels = [e for e in events if device.type != "cuda" or not e.key.startswith("aten::")]
-            total = sum(key(e) for e in kernels) or 1.0
-            kinds: dict[str, float] = {}
-            for e in kernels:
-                kinds[kernel_kind(e.key)] = kinds.get(kernel_kind(e.key), 0.0) + key(e)
-            result["profile"] = {
-                "measured": "self CUDA time of kernels over 3 steps" if device.type == "cuda" else "self CPU time",
-                "total_ms_per_step": total / 3 / 1000.0,
-                "by_kind_fraction": {k: round(v / total, 4) for k, v in sorted(kinds.items(), key=lambda kv: -kv[1])},
-                "top": [{"name": e.key[:120], "ms_per_step": round(key(e) / 3 / 1000.0, 3),
-                         "fraction": round(key(e) / total, 4), "calls_per_step": e.count / 3}
-                        for e in sorted(kernels, key=key, reverse=True)[:20]]}
-        return result  # the model and optimizer go with this frame
 
     results: dict[str, Any] = {}
 
     def summary() -> dict[str, Any]:
-        return {"benchmark": "gpu_profile", "settings": {"model": shape, "seq_len": seq, "batch_size": base_batch,
-                                                         "precision": "bf16 autocast", "steps": steps,
+        return {"benchmark": "gpu_profile", "settings": {"precision": "bf16 autocast",
                                                          "what": "the objective's step without the loop: batches on "
                                                                  "the device, autocast, backward, clip, fused AdamW"},
                 "environment": environment(args.device), "variants": results}
@@ -208,7 +267,8 @@ def main(argv=None) -> int:
     for variant in args.variants.split(","):
         print(f"[gpu_profile] {variant}", file=sys.stderr, flush=True)
         try:
-            results[variant] = run(variant, profile=variant in args.profile.split(","))
+            results[variant] = measure_step_variant(variant, args.device, args.tiny, args.batch_size, args.steps,
+                                                    kernel_table=variant in args.profile.split(","))
         except Exception as err:  # one variant that does not compile must not cost the others
             results[variant] = {"failed": True, "error": f"{type(err).__name__}: {str(err)[:2000]}"}
         if args.device == "cuda":

@@ -1,9 +1,9 @@
-"""The parts of bench/gpu_check.sh, one process each, plus the summary. Needs torch + transformers +
-accelerate + pyyaml only (the GPU machine has no `datasets`, no vocabulary and no data files).
+"""The real loops on one GPU, a part per process: what the H100 answered (ours vs Trainer, SQuAD) and the
+loop bench/gpu_check.sh runs at batch 512 (`part_pretrain_ours`). Needs torch + transformers + accelerate + pyyaml
+only (the GPU machine has no `datasets`, no vocabulary and no data files).
 
     python -m bench.gpu_throughput --part pretrain_ours --out bench_out/pretrain_ours.json
     python -m bench.gpu_throughput --part pretrain_ours --device cpu --tiny --simulate_no_datasets   # dry run
-    python -m bench.gpu_throughput --summarize bench_out --out bench_out/gpu_check.json
 
 Parts (bert-base, seq 128, batch 256, bf16 autocast, SDPA, fused AdamW, 4 loader workers on both sides):
   pretrain_ours           the REAL train/pretrain.py main() on synthetic full-length NSP instances; only its
@@ -35,12 +35,9 @@ from typing import Any
 if __package__ in (None, ""):
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from bench.gpu_profile import BERT_BASE, TINY
+
 PARTS = ("pretrain_ours", "pretrain_trainer", "squad_ours", "pretrain_ours_compiled")
-MFU_TARGET = 0.45
-BERT_BASE = {"hidden_size": 768, "num_hidden_layers": 12, "num_attention_heads": 12, "intermediate_size": 3072,
-             "max_position_embeddings": 512}
-TINY = {"hidden_size": 64, "num_hidden_layers": 2, "num_attention_heads": 2, "intermediate_size": 256,
-        "max_position_embeddings": 512}
 
 
 def plan(args) -> dict[str, Any]:
@@ -129,10 +126,12 @@ def part_pretrain_ours(args, p, compiled: bool) -> dict[str, Any]:
         shutil.rmtree(run_dir, ignore_errors=True)
     steady = lines[p["warmup_intervals"]:]
     mfus = [rec["mfu"] for rec in steady if rec.get("mfu") is not None]
+    dense = [rec["mfu_dense_head"] for rec in steady if rec.get("mfu_dense_head") is not None]
     return {"what": "train/pretrain.py main() (real loop), synthetic data" + (", --torch_compile" if compiled else ""),
             "samples_per_second": summarize([rec["samples_per_second"] for rec in steady]),
             "tokens_per_second": summarize([rec["tokens_per_second"] for rec in steady]),
-            "mfu": summarize(mfus) if mfus else None, "steps": p["steps"],
+            "mfu": summarize(mfus) if mfus else None, "mfu_dense_head": summarize(dense) if dense else None,
+            "steps": p["steps"],
             "steps_measured": len(steady) * p["log_every"], "loss_first_last": [lines[0]["loss"], lines[-1]["loss"]],
             "wall_seconds_incl_setup_and_export": time.perf_counter() - start,
             **memory_record("cuda" if torch.cuda.is_available() else "cpu")}
@@ -265,52 +264,9 @@ def part_squad_ours(args, p) -> dict[str, Any]:
             **memory_record("cuda" if torch.cuda.is_available() else "cpu")}
 
 
-# ---------------------------------------------------------------------------------------------
-# Summary
-# ---------------------------------------------------------------------------------------------
-
-def summarize_folder(folder: Path, out: str | None) -> int:
-    from bench.common import emit, safe_ratio, target
-    parts = {}
-    for name in PARTS:
-        path = folder / f"{name}.json"
-        try:
-            parts[name] = json.loads(path.read_text())
-        except (OSError, json.JSONDecodeError) as err:
-            parts[name] = {"failed": True, "error": f"{path.name}: {err}"}
-
-    def median(part: str, key: str):
-        value = parts.get(part, {}).get(key)
-        return value.get("median") if isinstance(value, dict) else None
-
-    ours, trainer = median("pretrain_ours", "samples_per_second"), median("pretrain_trainer", "samples_per_second")
-    targets = [target("MFU of our pretraining loop (bert-base, seq 128, bf16, eager)", median("pretrain_ours", "mfu"),
-                      MFU_TARGET),
-               target("MFU of our pretraining loop with --torch_compile", median("pretrain_ours_compiled", "mfu"),
-                      MFU_TARGET, note="the same target for the compiled objective"),
-               target("ours/Trainer pretraining samples per second (eager)", safe_ratio(ours, trainer), 1.0,
-                      note="no number in the issue; ours must simply not be slower")]
-    env = next((parts[p].get("environment") for p in PARTS if isinstance(parts[p].get("environment"), dict)), None)
-    result = {"benchmark": "gpu_check", "environment": env,
-              "settings": next((parts[p].get("settings") for p in PARTS if parts[p].get("settings")), None),
-              "pretrain": {"ours_samples_per_second": ours, "trainer_samples_per_second": trainer,
-                           "ratio": safe_ratio(ours, trainer),
-                           "ours_compiled_samples_per_second": median("pretrain_ours_compiled", "samples_per_second"),
-                           "ours_mfu": median("pretrain_ours", "mfu"), "trainer_mfu": median("pretrain_trainer", "mfu"),
-                           "ours_compiled_mfu": median("pretrain_ours_compiled", "mfu")},
-              "squad": {"features_per_second": median("squad_ours", "features_per_second"),
-                        "tokens_per_second": median("squad_ours", "tokens_per_second"),
-                        "approx_mfu": median("squad_ours", "approx_mfu")},
-              "parts": parts, "targets": targets,
-              "target_met": all(t["target_met"] for t in targets)}
-    emit(result, out)
-    return 0
-
-
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--part", choices=PARTS)
-    parser.add_argument("--summarize", metavar="FOLDER", help="Merge FOLDER/<part>.json into one JSON.")
+    parser.add_argument("--part", choices=PARTS, required=True)
     parser.add_argument("--device", choices=("cuda", "cpu"), default="cuda")
     parser.add_argument("--tiny", action="store_true", help="A tiny shape and few steps (CPU dry run).")
     parser.add_argument("--simulate_no_datasets", action="store_true",
@@ -324,10 +280,6 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv=None) -> int:
     args = build_parser().parse_args(argv)
-    if args.summarize:
-        return summarize_folder(Path(args.summarize), args.out)
-    if not args.part:
-        raise SystemExit("give --part NAME or --summarize FOLDER")
     if args.simulate_no_datasets:
         sys.modules["datasets"] = None  # `import datasets` now fails; find_spec reports it missing
     if args.device == "cpu":

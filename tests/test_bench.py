@@ -8,6 +8,8 @@ import json
 import math
 import subprocess
 import sys
+import tarfile
+from pathlib import Path
 
 import pytest
 
@@ -93,6 +95,7 @@ def test_gpu_modules_do_not_need_datasets():
             "import train.pretrain\n"
             "from bench.common import SyntheticBertVocab, synthetic_nsp_instances\n"
             "from bench.gpu_throughput import synthetic_inputs\n"
+            "import bench.gpu_check, bench.gpu_profile\n"
             "vocab = SyntheticBertVocab()\n"
             "inputs = synthetic_inputs(vocab, synthetic_nsp_instances(4, 16, vocab))(None, 0, None, None)\n"
             "assert isinstance(inputs, train.pretrain.PretrainingInputs) and len(inputs.splits['train']) == 4\n"
@@ -198,29 +201,97 @@ def test_finetune_throughput_tiny(task, tmp_path):
     assert result["settings"]["model_shape"]["hidden_size"] == 32 and result["settings"]["train_features"] > 0
 
 
+# What bench/gpu_check.sh runs, in its order; written out here so that a variant dropped from bench.gpu_check's
+# list fails the test instead of silently shrinking it.
+GPU_CHECK_VARIANTS = ["eager", "compiled_batch_512", "compiled_batch_512_no_mask",
+                      "compiled_cudagraphs_batch_512_no_mask", "fused_compiled_batch_512_no_mask",
+                      "fused_compiled_cudagraphs_batch_512_no_mask", "real_script_bert_base", "real_loop_batch_512",
+                      "compiled_max_autotune_batch_512_no_mask"]
+GPU_CHECK_FIELDS = {"name", "samples_per_second", "mfu", "mfu_dense_head", "step_ms", "peak_memory_gib",
+                    "attention_kernel", "kernel_busy_s", "wall_s", "busy_fraction", "failed", "error"}
+
+
+def run_gpu_check(out, *args: str, budget: int | None = None, timeout: int = 600) -> dict:
+    env = {**launch_env(), "OUT": str(out)}
+    if budget is not None:
+        env["GPU_CHECK_BUDGET_S"] = str(budget)
+    proc = subprocess.run(["bash", "bench/gpu_check.sh", *args], cwd=REPO, env=env, capture_output=True, text=True,
+                          timeout=timeout)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    assert sorted(p.name for p in out.iterdir()) == ["gpu_check.log", "summary.json", "variants.tar.gz"]
+    return json.loads((out / "summary.json").read_text())
+
+
+def test_gpu_check_plan_and_summary_order(tmp_path):
+    """summary.json lists what has run so far in the check's order, whatever order the files appeared in; an
+    unreadable record becomes a failed one; the environment is its own key."""
+    from bench.gpu_check import variant_names, write_summary
+    assert variant_names() == ["environment", *GPU_CHECK_VARIANTS]
+    (tmp_path / "variants").mkdir()
+    for name, record in (("real_loop_batch_512", {"mfu": 0.3}), ("eager", {"mfu": 0.2}),
+                         ("environment", {"device_name": "NVIDIA H200", "peak_tflops": 989.4})):
+        (tmp_path / "variants" / f"{name}.json").write_text(json.dumps({"name": name, "failed": False,
+                                                                        "mfu_dense_head": None,
+                                                                        "samples_per_second": 1.0, **record}))
+    (tmp_path / "variants" / "compiled_batch_512.json").write_text("{cut off")
+    summary = write_summary(tmp_path)
+    assert summary == json.loads((tmp_path / "summary.json").read_text())
+    assert summary["environment"]["peak_tflops"] == 989.4
+    assert [v["name"] for v in summary["variants"]] == ["eager", "compiled_batch_512", "real_loop_batch_512"]
+    assert summary["variants"][1]["failed"] and "unreadable JSON" in summary["variants"][1]["error"]
+    assert summary["best"]["name"] == "real_loop_batch_512" and summary["target_met"] is False
+
+
+def test_gpu_check_variant_records_its_own_failure(tmp_path):
+    """A variant that fails in Python writes why into its record (and exits 1): here a GPU run without a GPU."""
+    out = tmp_path / "eager.json"
+    env = {**launch_env(), "CUDA_VISIBLE_DEVICES": ""}
+    proc = subprocess.run([sys.executable, "-m", "bench.gpu_check", "--variant", "eager", "--out", str(out)], cwd=REPO,
+                          env=env, capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 1, proc.stderr[-2000:]
+    record = json.loads(out.read_text())
+    assert record["failed"] and "torch sees no GPU" in record["error"] and GPU_CHECK_FIELDS <= record.keys()
+
+
+@pytest.mark.slow
+def test_gpu_check_out_of_budget_leaves_a_record_per_variant(tmp_path):
+    """With no budget, every variant (the environment too) still gets its {"failed": ...} record."""
+    summary = run_gpu_check(tmp_path, "--dry-run", budget=0)
+    assert summary["environment"]["failed"] and "skipped" in summary["environment"]["error"]
+    assert [v["name"] for v in summary["variants"]] == GPU_CHECK_VARIANTS
+    for v in summary["variants"]:
+        assert v["failed"] and "skipped" in v["error"] and GPU_CHECK_FIELDS <= v.keys(), v
+
+
 @pytest.mark.slow
 def test_gpu_check_dry_run_on_cpu(tmp_path):
-    """The GPU script's parts, at a tiny size on CPU, without `datasets` (as on the GPU machine). The
-    compiled part is left out here (about 90 s of compilation on these cores)."""
-    env = {**launch_env(), "OUT": str(tmp_path), "GPU_CHECK_PARTS": "pretrain_ours pretrain_trainer squad_ours"}
-    proc = subprocess.run(["bash", "bench/gpu_check.sh", "--device", "cpu", "--tiny", "--simulate_no_datasets"],
-                          cwd=REPO, env=env, capture_output=True, text=True, timeout=900)
-    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
-    summary = json.loads((tmp_path / "gpu_check.json").read_text())
-    assert summary["benchmark"] == "gpu_check" and "target_met" in summary
-    parts = summary["parts"]
-    for name in ("pretrain_ours", "pretrain_trainer", "squad_ours"):
-        assert not parts[name].get("failed"), parts[name]
-    # `datasets` was absent (simulated): the real pretrain.main ran on the synthetic data of its Overrides seam.
-    assert "synthetic data" in parts["pretrain_ours"]["what"]
-    assert parts["pretrain_ours_compiled"]["failed"]  # not selected
-    assert_positive_summary(parts["pretrain_ours"]["samples_per_second"])
-    assert_positive_summary(parts["pretrain_trainer"]["samples_per_second"])
-    assert_positive_summary(parts["squad_ours"]["features_per_second"])
-    assert summary["pretrain"]["ratio"] > 0
-    assert [t["name"] for t in summary["targets"]][0].startswith("MFU")
-    assert sorted(p.name for p in tmp_path.iterdir()) == sorted(
-        ["gpu_check.json", "gpu_check.log"] + [f"{n}.json" for n in parts])
+    """The real `bash bench/gpu_check.sh --dry-run`: every variant, in order, measured, with every field."""
+    summary = run_gpu_check(tmp_path, "--dry-run")
+    env = summary["environment"]
+    assert env["device"] == "cpu" and env["torch_threads"] == 1 and "peak_tflops" in env
+    assert env["versions"]["torch"] and env["versions"]["transformers"]
+    variants = summary["variants"]
+    assert [v["name"] for v in variants] == GPU_CHECK_VARIANTS
+    for v in variants:
+        assert GPU_CHECK_FIELDS <= v.keys() and not v["failed"], v
+        assert v["samples_per_second"] > 0 and v["step_ms"] > 0 and v["peak_memory_gib"] > 0, v
+        assert v["mfu"] is None and v["mfu_dense_head"] is None  # no peak for a CPU
+    steps = [v for v in variants if not v["name"].startswith("real_")]
+    for v in steps:  # profiled: on CPU the attention "kernel" is the SDPA op
+        assert "scaled_dot_product" in v["attention_kernel"] and 0 < v["kernel_busy_s"] and 0 < v["busy_fraction"]
+    by_name = {v["name"]: v for v in variants}
+    assert by_name["eager"]["batch_size"] * 2 == by_name["compiled_batch_512"]["batch_size"]
+    assert by_name["compiled_batch_512"]["kernel_table"]["top"] and "kernel_table" not in by_name["eager"]
+    assert by_name["fused_compiled_cudagraphs_batch_512_no_mask"]["compile"]["mode"] == "reduce-overhead"
+    real = by_name["real_script_bert_base"]
+    assert len(real["evaluations"]) >= 2 and "bert_base.yaml" in real["what"]
+    for e in real["evaluations"]:
+        assert e["perplexity"] > 0 and e["unigram_perplexity"] > 0 and 0 <= e["nsp_accuracy"] <= 1
+        assert 0.5 <= e["nsp_majority_accuracy"] <= 1
+    assert "synthetic data" in by_name["real_loop_batch_512"]["what"]
+    with tarfile.open(tmp_path / "variants.tar.gz") as archive:
+        names = sorted(Path(n).name for n in archive.getnames() if n.endswith(".json"))
+    assert names == sorted(f"{n}.json" for n in ["environment", *GPU_CHECK_VARIANTS])
 
 
 @pytest.mark.slow
@@ -228,7 +299,8 @@ def test_gpu_profile_dry_run_on_cpu():
     result = bench("gpu_profile", "--device", "cpu", "--tiny", "--variants", "sparse,dense")
     assert set(result["variants"]) == {"sparse", "dense"}
     assert result["variants"]["sparse"]["samples_per_second"] > 0
-    assert result["variants"]["sparse"]["profile"]["top"]
+    assert result["variants"]["sparse"]["kernel_table"]["top"] and "kernel_table" not in result["variants"]["dense"]
+    assert result["variants"]["dense"]["attention_kernel"]
 
 
 def test_peak_table_tells_the_h200_parts_apart():
@@ -237,3 +309,15 @@ def test_peak_table_tells_the_h200_parts_apart():
     assert peak_tflops_for("NVIDIA H200 NVL") == 835.0
     assert peak_tflops_for("NVIDIA H100 80GB HBM3") == 989.4 and peak_tflops_for("NVIDIA H100 PCIe") == 756.0
     assert peak_tflops_for("cpu") is None and peak_tflops_for("cpu", override=2.0) == 2.0
+
+
+def test_dense_head_flops_count_the_decoder_at_every_token():
+    """mfu_dense_head differs from mfu by the MLM transform + decoder at the unmasked tokens, nothing else."""
+    from transformers import BertConfig
+
+    from train.common.throughput import bert_training_flops, dense_head_training_flops
+    config = BertConfig(vocab_size=30522, hidden_size=768, num_hidden_layers=12, intermediate_size=3072)
+    tokens, sum_len_sq, masked = 256 * 128, 256 * 128 ** 2, 256 * 19
+    extra = dense_head_training_flops(config, tokens, sum_len_sq) - bert_training_flops(config, tokens, sum_len_sq,
+                                                                                         masked)
+    assert extra == 3 * (tokens - masked) * (2 * 768 ** 2 + 2 * 768 * 30522)

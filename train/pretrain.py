@@ -58,7 +58,7 @@ from train.common.run_folder import (
     push_folder_to_hub,
     write_run_config,
 )
-from train.common.throughput import IntervalTimer, bert_training_flops, mfu, peak_tflops_for
+from train.common.throughput import IntervalTimer, bert_training_flops, dense_head_training_flops, mfu, peak_tflops_for
 
 logger = get_logger(__name__)
 # Summed on the device over a logging interval, reduced across ranks only when logged.
@@ -169,6 +169,8 @@ def interval_record(accelerator, stats: IntervalSums, seconds: float, bert_confi
     utilisation = mfu(flops, seconds, accelerator.num_processes, peak)
     if utilisation is not None:
         record["mfu"] = utilisation
+        record["mfu_dense_head"] = mfu(dense_head_training_flops(bert_config, values["tokens"], values["sum_len_sq"]),
+                                       seconds, accelerator.num_processes, peak)
     return record
 
 
