@@ -136,6 +136,29 @@ def test_no_nsp_instances_are_single_segments(tmp_path, bert_tokenizer):
         assert row["input_ids"].count(bert_tokenizer.sep_token_id) == 1 and set(row["token_type_ids"]) == {0}
 
 
+def test_dupe_factor_cuts_the_training_text_into_fresh_pairs_and_leaves_evaluation_alone(tmp_path, bert_tokenizer):
+    path = write_wikitext_corpus(tmp_path / "c.raw", articles=8, seed=6, paragraphs=3)
+    built = {}
+    for dupe in (1, 3):
+        args = _data_args(train_file=str(path), max_seq_length=48, validation_split_percentage=25, dupe_factor=dupe)
+        built[dupe] = pd.build_pretraining_datasets(pd.load_corpus(args, seed=0), bert_tokenizer, args, seed=0)
+    one, three = built[1]["train"], built[3]["train"]
+
+    def pairs(ds):
+        return Counter(zip(map(tuple, ds["input_ids"]), ds["next_sentence_label"], strict=True))
+    # Copy 0 is exactly the single-copy build; the other copies are the same text cut and paired anew.
+    assert not pairs(one) - pairs(three)
+    assert 2.5 * len(one) < len(three) < 3.5 * len(one)
+    extra = pairs(three) - pairs(one)
+    assert sum(extra.values()) >= 1.5 * len(one)  # mostly new instances, not repeats of copy 0
+    labels = three["next_sentence_label"]
+    assert 0.35 < sum(labels) / len(labels) < 0.65
+    # Evaluation keeps one fixed copy: the same instances whatever the training copies.
+    assert built[3]["validation"][:] == built[1]["validation"][:]
+    with pytest.raises(Exception, match="dupe_factor must be at least 1"):
+        _data_args(train_file=str(path), dupe_factor=0)
+
+
 def test_bad_inputs_have_clear_errors(tmp_path, bert_tokenizer):
     with pytest.raises(pd.DataError, match="no such file"):
         pd.load_corpus(_data_args(train_file=str(tmp_path / "missing.txt")), 0)

@@ -263,6 +263,10 @@ class PretrainingDataArguments:
     short_seq_prob: float = _help("Probability of a shorter target length (as in BERT's data creation).",
                                   default=0.1)
     nsp: bool = _help("Next sentence prediction; --no_nsp trains MLM only.", default=True)
+    dupe_factor: int = _help("Cut the training text into instances this many times, each copy with its own "
+                             "segment lengths and NSP pairs (BERT's dupe_factor): one epoch passes over all copies. "
+                             "Masks are fresh every epoch regardless; more copies keep a small corpus's NSP pairs "
+                             "from being memorised.", default=1)
     mlm_probability: float = _help("Fraction of tokens chosen for prediction.", default=0.15)
     whole_word_masking: bool = _help("Mask whole words (all WordPieces of a word together).", default=False)
     pack_sequences: bool = _help("Pack whole instances into rows of --max_seq_length (attention stays within an "
@@ -285,6 +289,8 @@ class PretrainingDataArguments:
             raise ConfigError(f"max_seq_length must be at least 8, got {self.max_seq_length}")
         if not 0.0 < self.mlm_probability < 1.0:
             raise ConfigError(f"mlm_probability must be in (0, 1), got {self.mlm_probability}")
+        if self.dupe_factor < 1:
+            raise ConfigError(f"dupe_factor must be at least 1 (one copy of the text), got {self.dupe_factor}")
         if not 0.0 <= self.short_seq_prob <= 1.0:
             raise ConfigError(f"short_seq_prob must be in [0, 1], got {self.short_seq_prob}")
         if not 0.0 <= self.validation_split_percentage < 100.0:

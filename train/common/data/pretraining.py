@@ -218,6 +218,10 @@ class InstanceSettings:
     nsp: bool
     seed: int
     wikitext: bool
+    # Copies of the text, each cut into instances with its own segment lengths and NSP pairs (BERT's dupe_factor;
+    # the training split only). Masks are drawn afresh every epoch anyway; the pairs are not, and a small corpus
+    # passed over many times lets the model memorise its NSP pairs instead of learning the task.
+    dupe_factor: int = 1
 
 
 INSTANCE_FEATURES_NSP = datasets.Features({
@@ -293,7 +297,6 @@ class _InstanceBuilder:
 
     def _add_group(self, out: _InstanceColumns, starts: list[int], ends: list[int], group: int) -> None:
         s = self.settings
-        rng = random.Random(f"{s.seed}-{self.split}-{group}")
         own = [d for d in self._tokenized_documents(starts, ends) if d]
         pool = list(own)  # documents random B segments may come from; own ones first
         if s.nsp and len(own) == 1:
@@ -304,18 +307,21 @@ class _InstanceBuilder:
                 row = self.ranges[neighbour]
                 pool += [d for d in self._tokenized_documents([row["start"]], [row["end"]]) if d]
         cls_id, sep_id = self.tokenizer.cls_token_id, self.tokenizer.sep_token_id
-        if s.nsp:
-            if own and len(pool) < 2:
-                raise DataError(f"split '{self.split}': next sentence prediction needs at least two documents; "
-                                "give more text or pass --no_nsp")
-            for doc_index in range(len(own)):
-                for a, b, label in nsp_instances_from_document(doc_index, pool, s.max_seq_length,
-                                                               s.short_seq_prob, rng):
-                    out.add(cls_id, a, sep_id, b, label)
-        else:
-            for document in own:
-                for chunk in mlm_instances_from_document(document, s.max_seq_length, s.short_seq_prob, rng):
-                    out.add(cls_id, chunk, sep_id)
+        if s.nsp and own and len(pool) < 2:
+            raise DataError(f"split '{self.split}': next sentence prediction needs at least two documents; "
+                            "give more text or pass --no_nsp")
+        for copy in range(s.dupe_factor):
+            # Copy 0 keeps the key of a single copy, so --dupe_factor 1 builds exactly what it always did.
+            rng = random.Random(f"{s.seed}-{self.split}-{group}" + (f"-copy{copy}" if copy else ""))
+            if s.nsp:
+                for doc_index in range(len(own)):
+                    for a, b, label in nsp_instances_from_document(doc_index, pool, s.max_seq_length,
+                                                                   s.short_seq_prob, rng):
+                        out.add(cls_id, a, sep_id, b, label)
+            else:
+                for document in own:
+                    for chunk in mlm_instances_from_document(document, s.max_seq_length, s.short_seq_prob, rng):
+                        out.add(cls_id, chunk, sep_id)
 
 
 class _InstanceColumns:
@@ -562,7 +568,8 @@ def build_pretraining_datasets(corpus: Corpus, tokenizer, data_args, seed: int) 
     for split, ranges in corpus.ranges.items():
         settings = InstanceSettings(max_seq_length=data_args.max_seq_length, short_seq_prob=data_args.short_seq_prob,
                                     nsp=data_args.nsp, seed=seed if split == "train" else data_args.eval_mask_seed,
-                                    wikitext=corpus.wikitext)
+                                    wikitext=corpus.wikitext,
+                                    dupe_factor=data_args.dupe_factor if split == "train" else 1)
         instances = build_instances(corpus.lines[split], ranges, tokenizer, settings, split,
                                     num_proc=data_args.preprocessing_num_workers,
                                     overwrite_cache=data_args.overwrite_cache)
