@@ -179,3 +179,49 @@ def test_checkpoint_of_another_model_shape_is_refused(corpus_dir, tmp_path):
     with pytest.raises(CheckpointError, match="different model shape.*hidden_size"):
         run_pretrain(pretrain_args(corpus_dir, other, "--hidden_size", "64", "--max_train_steps", "2",
                                    "--resume_from_checkpoint", str(run / "checkpoints" / "step_000002")))
+
+
+# ------------------------------------------------------------------ a stop in the middle of deleting a checkpoint
+
+
+def _interrupting_rmtree(real_rmtree):
+    """shutil.rmtree that deletes one file of the folder, then raises as a second Ctrl-C would."""
+    def rmtree(path, *args, **kwargs):
+        files = sorted(p.path for p in os.scandir(path) if p.is_file()) if os.path.isdir(path) else []
+        if files:
+            os.unlink(files[0])  # checkpoint.json sorts first: the damage the stop test saw
+            raise KeyboardInterrupt
+        return real_rmtree(path, *args, **kwargs)
+    return rmtree
+
+
+@pytest.mark.parametrize("deleting", ["the same step saved again", "pruning"])
+def test_a_stop_while_deleting_a_checkpoint_never_leaves_a_visible_incomplete_one(tmp_path, monkeypatch, deleting):
+    from accelerate import Accelerator
+
+    from train.common import checkpoint as ck
+    accelerator = Accelerator(cpu=True)
+    model, optimizer = accelerator.prepare(torch.nn.Linear(4, 2), None)
+    state = ck.TrainState()
+    accelerator.register_for_checkpointing(state)
+    folder = tmp_path / "checkpoints"
+    for step in (1, 2):
+        state.step = step
+        ck.save_checkpoint(accelerator, folder, state, {}, keep_last_n=0)
+    monkeypatch.setattr(ck.shutil, "rmtree", _interrupting_rmtree(shutil.rmtree))
+    with pytest.raises(KeyboardInterrupt):
+        if deleting == "pruning":
+            state.step = 3
+            ck.save_checkpoint(accelerator, folder, state, {}, keep_last_n=1)
+        else:
+            ck.save_checkpoint(accelerator, folder, state, {}, keep_last_n=0)  # step 2 again
+    monkeypatch.undo()
+    visible = ck.list_checkpoints(folder)
+    assert visible, "a complete checkpoint must survive"
+    for found in visible:
+        ck.validate_checkpoint(found)  # complete, or not visible at all
+    leftovers = [p.name for p in folder.iterdir() if p.name.startswith(ck.TRASH_PREFIX)]
+    assert leftovers  # the interrupted deletion stayed hidden ...
+    state.step = 4
+    ck.save_checkpoint(accelerator, folder, state, {}, keep_last_n=0)
+    assert not [p for p in folder.iterdir() if p.name.startswith(ck.TRASH_PREFIX)]  # ... until the next save

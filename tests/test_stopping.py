@@ -57,6 +57,13 @@ def qa_case(corpus_dir, tiny_bert, sst_trees):
 CASES = {"pretrain": pretrain_case, "classification": classification_case, "qa": qa_case}
 
 
+def terminal_sigint(in_python: bool = False) -> None:
+    """Ctrl-C as a terminal gives it: SIG_DFL for a child (Python then installs its own handler), Python's
+    default_int_handler in this process. A test run in the background (`cmd &` in a script, as CI harnesses do)
+    inherits SIGINT ignored, and the scripts rightly keep an inherited SIG_IGN."""
+    signal.signal(signal.SIGINT, signal.default_int_handler if in_python else signal.SIG_DFL)
+
+
 class Launch:
     """`accelerate launch CONFIG train/SCRIPT ARGS` in a new session; output to files (a pipe could fill up)."""
 
@@ -68,7 +75,7 @@ class Launch:
         self.out_path, self.err_path = folder / "launch.stdout", folder / "launch.stderr"
         with open(self.out_path, "w") as out, open(self.err_path, "w") as err:
             self.proc = subprocess.Popen(cmd, cwd=REPO, env=launch_env(), stdout=out, stderr=err,
-                                         start_new_session=True)
+                                         start_new_session=True, preexec_fn=terminal_sigint)
         self.pid = self.proc.pid  # also the process group id (new session)
         self.tree: list[psutil.Process] = []
 
@@ -194,6 +201,7 @@ def test_which_signal_stops_at_once(restore_signals, monkeypatch):
     from train.common import preemption
     monkeypatch.delenv("TORCHELASTIC_RUN_ID", raising=False)
     monkeypatch.delenv("ACCELERATE_MIXED_PRECISION", raising=False)  # no PR_SET_PDEATHSIG for pytest itself
+    terminal_sigint(in_python=True)  # pytest may run with SIGINT ignored (in the background); restore_signals
     flag = preemption.PreemptionFlag()
     assert signal.getsignal(signal.SIGINT) == flag._handler
     flag._handler(signal.SIGINT, None)
@@ -381,7 +389,7 @@ def test_ctrl_c_twice_without_launcher_dies_by_sigint(corpus_dir, tmp_path):
     err_path = tmp_path / "stderr"
     with open(err_path, "w") as err:
         proc = subprocess.Popen(cmd, cwd=REPO, env=launch_env(), stdout=subprocess.DEVNULL, stderr=err,
-                                start_new_session=True)
+                                start_new_session=True, preexec_fn=terminal_sigint)
     try:
         ctrl_c_twice(proc.pid, run, err_path)
         proc.wait(timeout=15)

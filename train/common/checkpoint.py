@@ -3,7 +3,8 @@
 A checkpoint is written by `accelerator.save_state` (every rank: DeepSpeed needs all of them)
 into `checkpoints/.tmp-step_NNNNNN/`; the main process then writes `checkpoint.json` (step,
 counters, world size, model shape, file sizes) and renames the folder to `step_NNNNNN/`. A kill at
-any moment leaves either a hidden temporary folder or a complete checkpoint. On resume,
+any moment leaves either a hidden temporary folder or a complete checkpoint; deleting one (pruning,
+or the same step saved again) renames it to a hidden `.trash-` folder first, for the same reason. On resume,
 `latest` walks checkpoints from the newest down and skips (with a warning naming it) any whose
 manifest is missing or whose files do not match it, or that fails to load.
 
@@ -28,6 +29,7 @@ from .run_folder import RunFolder
 logger = get_logger(__name__)
 
 MANIFEST = "checkpoint.json"
+TRASH_PREFIX = ".trash-"  # checkpoints being deleted (hidden, like the .tmp- folders being written)
 STEP_PREFIX = RunFolder.STEP_PREFIX
 checkpoint_name = RunFolder.checkpoint_name  # step_NNNNNN
 
@@ -92,6 +94,8 @@ def save_checkpoint(accelerator, checkpoints_dir: Path, train_state: TrainState,
     if accelerator.is_main_process:
         checkpoints_dir.mkdir(parents=True, exist_ok=True)
         shutil.rmtree(tmp, ignore_errors=True)
+        for left in checkpoints_dir.glob(f"{TRASH_PREFIX}*"):  # a deletion that an earlier stop cut short
+            shutil.rmtree(left, ignore_errors=True)
     accelerator.wait_for_everyone()
     accelerator.save_state(str(tmp), safe_serialization=True)
     accelerator.wait_for_everyone()
@@ -102,9 +106,11 @@ def save_checkpoint(accelerator, checkpoints_dir: Path, train_state: TrainState,
             json.dump(manifest, f, indent=1)
             f.flush()
             os.fsync(f.fileno())
+        trash = checkpoints_dir / f"{TRASH_PREFIX}{name}"
         if final.exists():  # the same step saved again (e.g. epoch end right after a step save)
-            shutil.rmtree(final)
+            os.replace(final, trash)  # out of sight first: an interrupted rmtree must not leave half a step_N
         os.replace(tmp, final)
+        shutil.rmtree(trash, ignore_errors=True)
         _prune(checkpoints_dir, keep_last_n)
     accelerator.wait_for_everyone()
     return final
@@ -125,7 +131,12 @@ def _prune(checkpoints_dir: Path, keep_last_n: int) -> None:
     if keep_last_n <= 0:
         return
     for old in list_checkpoints(checkpoints_dir)[keep_last_n:]:
-        shutil.rmtree(old, ignore_errors=True)
+        # Renamed before it is deleted: a stop (a second Ctrl-C, a kill) in the middle of a deletion leaves a
+        # hidden folder the next save removes, never a visible checkpoint with files missing.
+        trash = checkpoints_dir / f"{TRASH_PREFIX}{old.name}"
+        shutil.rmtree(trash, ignore_errors=True)
+        os.replace(old, trash)
+        shutil.rmtree(trash, ignore_errors=True)
 
 
 def validate_checkpoint(folder: Path) -> dict[str, Any]:
