@@ -67,7 +67,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--seed", type=int, default=42)
     parser.add_argument("--out", default=None)
     # shared with pretrain_throughput's argv builder
-    parser.set_defaults(steps=1, seq_len=None, torch_compile=False)
+    parser.set_defaults(steps=1, seq_len=None, torch_compile=False, fused_encoder=False)
     return parser
 
 
