@@ -49,6 +49,8 @@ VARIANTS = (
     ("fused_compiled_cudagraphs_batch_512_no_mask", 90, "the fused encoder, compiled with CUDA graphs"),
     ("real_script_bert_base", 130, "train/pretrain.py + bert_base.yaml on the WikiText sample for ~90 s: "
                                    "per-epoch perplexity and NSP beside the unigram / majority baselines"),
+    ("fused_compiled_packed_batch_512", 90, "--pack_sequences with the fused encoder, compiled: flash varlen on "
+                                            "instances of 32-128 tokens, checked against the block-diagonal path"),
     ("real_loop_batch_512", 100, "train/pretrain.py's loop, --torch_compile, batch 512, synthetic data"),
     ("compiled_max_autotune_batch_512_no_mask", 300, "max-autotune (no CUDA graphs): whatever time is left"),
 )

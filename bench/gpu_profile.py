@@ -12,6 +12,10 @@ and the model's own is visible, and what inside the model costs. A variant is na
   no_mask         the collator leaves the mask out of unpadded batches (what the script does): the encoder gets
                   attention_mask=None, so SDPA may take its flash / no-mask kernels
   fused           the encoder as train/common/fused_encoder.py writes it (--fused_encoder)
+  packed          instances of 1/4 to all of the row length (uniform), packed whole into rows (--pack_sequences):
+                  the batch size counts instances, MFU counts their tokens and per-instance attention; with fused,
+                  flash's varlen kernel on the GPU, checked first against the Hugging Face block-diagonal path
+                  (`packed_check`: dropout off, loss and gradients of the same batch)
   boolean_index   the sparse head finding the masked positions by boolean indexing (a data-dependent size:
                   one device->host sync per forward, and a graph break under torch.compile)
   dense           the dense MLM head (what BertForPreTraining's own loss computes)
@@ -149,7 +153,7 @@ def measure_step_variant(variant: str, device_type: str = "cuda", tiny: bool = F
     import torch
     from transformers import BertConfig
 
-    from bench.common import SyntheticBertVocab, summarize, synthetic_nsp_instances
+    from bench.common import SyntheticBertVocab, summarize
     from train.common.data.masking import PretrainingCollator, max_predictions_per_seq
     from train.common.models import PretrainingObjective, build_pretraining_model
     from train.common.optim import parameter_groups
@@ -165,10 +169,11 @@ def measure_step_variant(variant: str, device_type: str = "cuda", tiny: bool = F
     position_table = "boolean_index" not in variant and "dense" not in variant
     collate = PretrainingCollator(vocab, seed=0, omit_full_attention_mask="no_mask" in variant,
                                   mlm_positions_per_row=max_predictions_per_seq(0.15, seq) if position_table else None)
-    instances = synthetic_nsp_instances(batch_size * 4, seq, vocab, seed=1)
-    data = [{k: v.to(device) for k, v in collate([{**instances[i], "index": i}
-                                                  for i in range(b * batch_size, (b + 1) * batch_size)]).items()}
-            for b in range(4)]
+    packed = "packed" in variant
+    collate.pack_to_length = seq if packed else None
+    examples = synthetic_examples(batch_size * 4, seq, vocab, variable_length=packed)
+    host_batches = [collate(examples[b * batch_size:(b + 1) * batch_size]) for b in range(4)]
+    data = [{k: v.to(device) for k, v in batch.items()} for batch in host_batches]
     dropout = 0.0 if "no_dropout" in variant else 0.1
     config = BertConfig(vocab_size=len(vocab), hidden_dropout_prob=dropout, attention_probs_dropout_prob=dropout,
                         **shape)
@@ -184,17 +189,20 @@ def measure_step_variant(variant: str, device_type: str = "cuda", tiny: bool = F
     elif is_compiled(variant):
         forward = torch.compile(model, backend=compile_backend, mode=mode if compile_backend == "inductor" else None)
     optimizer = torch.optim.AdamW(parameter_groups(model, 0.01), lr=1e-4, fused=cuda)
-    masked = sum(int((b["labels"] != -100).sum()) for b in data) / len(data)
-    tokens = batch_size * seq
-    flops = bert_training_flops(config, tokens, batch_size * seq * seq, masked)
-    dense_flops = dense_head_training_flops(config, tokens, batch_size * seq * seq)
+    masked = sum(int((b["labels"] != -100).sum()) for b in host_batches) / len(data)
+    lengths = [len(e["input_ids"]) for e in examples]
+    tokens = sum(lengths) / len(data)  # per batch: every token is real (full-length or packed instances)
+    attention_pairs = sum(n * n for n in lengths) / len(data)
+    flops = bert_training_flops(config, tokens, attention_pairs, masked)
+    dense_flops = dense_head_training_flops(config, tokens, attention_pairs)
+    packing = packing_record(model, data[0], host_batches, seq) if packed else {}
 
     def step(batch):
         if "cudagraphs" in variant:
             torch.compiler.cudagraph_mark_step_begin()
         with torch.autocast(device.type, dtype=torch.bfloat16):
             sums = forward(**batch)
-        loss = sums.mlm_nll.sum() / sums.masked_tokens.sum() + sums.nsp_nll.mean()
+        loss = sums.mlm_nll.sum() / sums.masked_tokens.sum() + sums.nsp_nll.sum() / batch_size  # packed: per row
         loss.backward()
         torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
         optimizer.step()
@@ -225,7 +233,66 @@ def measure_step_variant(variant: str, device_type: str = "cuda", tiny: bool = F
             "step_seconds": summarize(times), "warmup_seconds": warmup_seconds,
             "mfu": flops / seconds / (peak * 1e12) if peak else None,
             "mfu_dense_head": dense_flops / seconds / (peak * 1e12) if peak else None,
-            **peak_memory(), **profiled(step, data, device, kernel_table)}
+            **packing, **peak_memory(), **profiled(step, data, device, kernel_table)}
+
+
+def synthetic_examples(count: int, seq: int, vocab, variable_length: bool) -> list[dict[str, Any]]:
+    """The collator's input: full-length NSP instances, or (variable_length) each cut to a length drawn uniformly
+    from seq/4 .. seq (a corpus of short documents: what packing is for)."""
+    import numpy as np
+
+    from bench.common import synthetic_nsp_instances
+    from train.common.data.masking import IndexedDataset
+    examples = IndexedDataset(synthetic_nsp_instances(count, seq, vocab, seed=1)).__getitems__(list(range(count)))
+    if not variable_length:
+        return examples
+    lengths = np.random.default_rng(2).integers(seq // 4, seq + 1, size=count)
+    return [{**e, "input_ids": e["input_ids"][:n], "token_type_ids": e["token_type_ids"][:n]}
+            for e, n in zip(examples, lengths.tolist(), strict=True)]
+
+
+def packing_record(model, batch, host_batches, seq: int) -> dict[str, Any]:
+    """What packing saved (padding fractions packed vs padded to the row length, rows per batch) and, for the
+    fused encoder, `packed_check`: its packed attention (flash varlen on a GPU) against the Hugging Face
+    block-diagonal SDPA path on one batch in the autocast dtype with dropout off: loss and gradient agreement."""
+    import torch
+
+    from train.common.fused_encoder import packed_attention_kernel
+    rows = [len(b["input_ids"]) for b in host_batches]
+    instances = [int((b["cls_positions"] >= 0).sum()) for b in host_batches]
+    real = [int((b["sequence_ids"] >= 0).sum()) for b in host_batches]
+    record = {"rows_per_batch": rows, "instances_per_row": sum(instances) / sum(rows),
+              "padding_fraction_packed": 1.0 - sum(real) / (sum(rows) * seq),
+              "padding_fraction_if_padded": 1.0 - sum(real) / (sum(instances) * seq)}
+    if not model.fused_encoder:
+        return record
+    device = batch["input_ids"].device
+    head_size = model.config.hidden_size // model.config.num_attention_heads
+    probe = torch.zeros(1, device=device, dtype=torch.bfloat16)  # activations as the autocast step has them
+    results = {}
+    model.eval()  # dropout off in both paths: the same function, two implementations
+    try:
+        for name, fused in (("fused", True), ("hf_block_diagonal", False)):
+            model.fused_encoder = fused
+            model.zero_grad(set_to_none=True)
+            with torch.autocast(device.type, dtype=torch.bfloat16):
+                sums = model(**batch)
+            loss = sums.mlm_nll.sum() / sums.masked_tokens.sum() + sums.nsp_nll.sum() / instances[0]
+            loss.backward()
+            grads = torch.cat([p.grad.double().flatten() for p in model.parameters() if p.grad is not None])
+            results[name] = (float(loss.detach()), grads)
+    finally:
+        model.fused_encoder = True
+        model.zero_grad(set_to_none=True)
+        model.train()
+    (fused_loss, fused_grads), (hf_loss, hf_grads) = results["fused"], results["hf_block_diagonal"]
+    record["packed_check"] = {
+        "fused_attention": packed_attention_kernel(probe, head_size), "dtype": "bf16 autocast", "dropout": 0.0,
+        "loss_fused": fused_loss, "loss_hf_block_diagonal": hf_loss,
+        "loss_relative_difference": abs(fused_loss - hf_loss) / abs(hf_loss),
+        "gradient_cosine": float(torch.nn.functional.cosine_similarity(fused_grads, hf_grads, dim=0)),
+        "gradient_relative_norm_difference": float((fused_grads - hf_grads).norm() / hf_grads.norm())}
+    return record
 
 
 def profiled(step, data, device, kernel_table: bool) -> dict[str, Any]:

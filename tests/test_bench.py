@@ -205,7 +205,8 @@ def test_finetune_throughput_tiny(task, tmp_path):
 # list fails the test instead of silently shrinking it.
 GPU_CHECK_VARIANTS = ["eager", "compiled_batch_512", "compiled_batch_512_no_mask",
                       "compiled_cudagraphs_batch_512_no_mask", "fused_compiled_batch_512_no_mask",
-                      "fused_compiled_cudagraphs_batch_512_no_mask", "real_script_bert_base", "real_loop_batch_512",
+                      "fused_compiled_cudagraphs_batch_512_no_mask", "real_script_bert_base",
+                      "fused_compiled_packed_batch_512", "real_loop_batch_512",
                       "compiled_max_autotune_batch_512_no_mask"]
 GPU_CHECK_FIELDS = {"name", "samples_per_second", "mfu", "mfu_dense_head", "step_ms", "peak_memory_gib",
                     "attention_kernel", "kernel_busy_s", "wall_s", "busy_fraction", "failed", "error"}
@@ -283,6 +284,11 @@ def test_gpu_check_dry_run_on_cpu(tmp_path):
     assert by_name["eager"]["batch_size"] * 2 == by_name["compiled_batch_512"]["batch_size"]
     assert by_name["compiled_batch_512"]["kernel_table"]["top"] and "kernel_table" not in by_name["eager"]
     assert by_name["fused_compiled_cudagraphs_batch_512_no_mask"]["compile"]["mode"] == "reduce-overhead"
+    packed = by_name["fused_compiled_packed_batch_512"]
+    assert packed["padding_fraction_packed"] < packed["padding_fraction_if_padded"] and packed["instances_per_row"] > 1
+    check = packed["packed_check"]  # on CPU both sides are block-diagonal SDPA, in bf16
+    assert check["fused_attention"] == "sdpa_block_diagonal" and check["loss_relative_difference"] < 1e-3
+    assert check["gradient_cosine"] > 0.999
     real = by_name["real_script_bert_base"]
     assert len(real["evaluations"]) >= 2 and "bert_base.yaml" in real["what"]
     for e in real["evaluations"]:

@@ -86,7 +86,56 @@ def test_packing_refuses_eager_attention(vocab):
         objective(**batch)
 
 
-def test_packing_is_refused_up_front_with_the_fused_encoder(vocab):
-    config = BertConfig(vocab_size=len(vocab), **TINY)
-    with pytest.raises(ConfigError, match="drop --fused_encoder"):
-        PretrainingObjective(build_pretraining_model(config), fused_encoder=True, packed_batches=True)
+def test_cu_seqlens_mark_every_instance_and_row_padding(vocab):
+    batch = PretrainingCollator(vocab, seed=0, pack_to_length=48)(_examples(vocab))
+    cu = batch["cu_seqlens"]
+    assert cu.dtype == torch.int32  # flash's varlen kernel takes int32 offsets
+    flat = batch["sequence_ids"].flatten()
+    rows = torch.arange(batch["sequence_ids"].numel()) // batch["sequence_ids"].shape[1]
+    # a segment starts wherever the row or the instance (padding counting as one) changes
+    starts = [0] + [i for i in range(1, flat.numel()) if flat[i] != flat[i - 1] or rows[i] != rows[i - 1]]
+    assert cu.tolist() == starts + [flat.numel()]
+    # rows of 48: 17 + 9 + 22 padding | 30 + 12 + 6 padding | 40 + 6 + 2 padding | 21 + 27 padding
+    assert (cu[1:] - cu[:-1]).tolist() == [17, 9, 22, 30, 12, 6, 40, 6, 2, 21, 27]
+
+
+@pytest.mark.parametrize("positions_per_row", [None, 6])
+def test_fused_encoder_packed_equals_hf_padded(vocab, positions_per_row):
+    """--fused_encoder --pack_sequences on CPU (its block-diagonal SDPA fallback) against the HF encoder on the same
+    instances padded one per row: the same sums and gradients, over the same parameters."""
+    torch.manual_seed(0)
+    model = build_pretraining_model(BertConfig(vocab_size=len(vocab), **TINY))
+    hf, fused = PretrainingObjective(model).train(), PretrainingObjective(model, fused_encoder=True,
+                                                                         packed_batches=True).train()
+    examples = _examples(vocab)
+    results = []
+    for objective, pack in ((hf, None), (fused, 48)):
+        batch = PretrainingCollator(vocab, seed=0, mlm_positions_per_row=positions_per_row,
+                                    pack_to_length=pack)(examples)
+        model.zero_grad()
+        sums = objective(**batch)
+        (sums.mlm_nll.sum() + sums.nsp_nll.sum()).backward()
+        results.append((sums.mlm_nll.sum(), sums.nsp_nll.sum(), sums.nsp_correct.sum(),
+                        {n: p.grad.clone() for n, p in model.named_parameters() if p.grad is not None}))
+    (mlm_a, nsp_a, correct_a, grads_a), (mlm_b, nsp_b, correct_b, grads_b) = results
+    torch.testing.assert_close(mlm_b, mlm_a, rtol=1e-5, atol=0)
+    torch.testing.assert_close(nsp_b, nsp_a, rtol=1e-5, atol=0)
+    assert correct_a == correct_b and grads_a.keys() == grads_b.keys()
+    for name, grad in grads_a.items():
+        torch.testing.assert_close(grads_b[name], grad, rtol=1e-4, atol=1e-6, msg=name)
+
+
+def test_packed_attention_takes_flash_varlen_only_where_it_runs():
+    from train.common.fused_encoder import packed_attention_kernel
+    assert packed_attention_kernel(torch.zeros(2, 4, dtype=torch.bfloat16), 64) == "sdpa_block_diagonal"  # CPU
+    assert packed_attention_kernel(torch.zeros(2, 4), 64) == "sdpa_block_diagonal"
+
+
+def test_varlen_attention_call_matches_the_flash_op_signature():
+    """The varlen call's arguments against aten._flash_attention_forward's meta kernel (no GPU here: the numbers
+    are compared with the block-diagonal path by bench/gpu_check.sh's packed variant on the GPU)."""
+    from train.common.fused_encoder import varlen_attention
+    qkv = torch.empty(3, 16, 3, 2, 32, device="meta", dtype=torch.bfloat16, requires_grad=True)
+    cu = torch.tensor([0, 5, 16, 30, 48], dtype=torch.int32, device="meta")
+    context = varlen_attention(qkv, cu, 0.1, 32 ** -0.5)
+    assert context.shape == (3, 16, 64) and context.dtype == torch.bfloat16

@@ -15,10 +15,11 @@ as one graph. Batches without the table (another collator) fall back to boolean 
 
 A batch without `attention_mask` has no padding (the collator's `omit_full_attention_mask`): the encoder gets
 attention_mask=None, so SDPA may take its no-mask kernels and no mask is built or checked on the device.
-A packed batch (`sequence_ids`, `position_ids`, `cls_positions`: see data/masking.py) runs the encoder with a
-block-diagonal boolean mask [B, 1, S, S] through SDPA (checked here to match unpacked instances; the eager
-attention does not read a boolean 4-D mask the same way, so packing is refused with it), and the pooler and NSP
-head at every instance's [CLS]; the sums are then per row (several instances each).
+A packed batch (`sequence_ids`, `position_ids`, `cls_positions`, `cu_seqlens`: see data/masking.py) runs the HF
+encoder with a block-diagonal boolean mask [B, 1, S, S] through SDPA (checked here to match unpacked instances;
+the eager attention does not read a boolean 4-D mask the same way, so packing is refused with it), or the fused
+encoder with flash's varlen kernel on a GPU (the same mask elsewhere), and the pooler and NSP head at every
+instance's [CLS]; the sums are then per row (several instances each).
 `fused_encoder=True` runs the encoder as train/common/fused_encoder.py writes it, over the same weights.
 """
 
@@ -102,9 +103,14 @@ class PretrainingObjective(nn.Module):
         return self.model.config
 
     def forward(self, input_ids, token_type_ids, labels, next_sentence_label=None, mlm_positions=None,
-                mlm_labels=None, attention_mask=None, position_ids=None, sequence_ids=None, cls_positions=None):
+                mlm_labels=None, attention_mask=None, position_ids=None, sequence_ids=None, cls_positions=None,
+                cu_seqlens=None):
         # attention_mask None: no padding (the collator leaves the mask out of full batches).
-        if sequence_ids is not None:
+        if sequence_ids is not None and self.fused_encoder:
+            sequence_output, pooled_output = fused_bert_forward(
+                self.model.bert, input_ids, token_type_ids, position_ids=position_ids, sequence_ids=sequence_ids,
+                cu_seqlens=cu_seqlens)
+        elif sequence_ids is not None:
             sequence_output = self._packed_encoder(input_ids, token_type_ids, position_ids, sequence_ids)
             pooled_output = None
         elif self.fused_encoder:
@@ -144,8 +150,8 @@ class PretrainingObjective(nn.Module):
         return PretrainingSums(mlm_nll, masked_tokens, nsp_nll, nsp_correct)
 
     def _check_packing_supported(self) -> None:
-        if self.fused_encoder:
-            raise ConfigError("--pack_sequences runs the Hugging Face encoder; drop --fused_encoder")
+        if self.fused_encoder:  # it builds its own attention (varlen or block-diagonal), whatever the HF setting
+            return
         implementation = self.model.config._attn_implementation
         if implementation != "sdpa":
             raise ConfigError(f"--pack_sequences needs --attn_implementation sdpa (got {implementation!r}): its "

@@ -270,7 +270,9 @@ class PretrainingDataArguments:
     mlm_probability: float = _help("Fraction of tokens chosen for prediction.", default=0.15)
     whole_word_masking: bool = _help("Mask whole words (all WordPieces of a word together).", default=False)
     pack_sequences: bool = _help("Pack whole instances into rows of --max_seq_length (attention stays within an "
-                                 "instance): fewer padded tokens on corpora of short documents.", default=False)
+                                 "instance: a block-diagonal mask, or flash varlen attention with --fused_encoder on "
+                                 "a GPU in bf16/fp16): fewer padded tokens on corpora of short documents.",
+                                 default=False)
     tokenizer_name: str = _help("Tokenizer: a hub id or a local folder.", default="bert-base-uncased")
     train_tokenizer: int | None = _help("Train an uncased WordPiece vocabulary of this size on the training "
                                            "split instead of loading --tokenizer_name.", default=None)

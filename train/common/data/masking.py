@@ -25,6 +25,9 @@ instance never splits; a row is closed when the next instance does not fit). Eac
 `position_ids` (restarting at 0) and `sequence_ids` (its instance's slot in the row, -1 on padding); the encoder
 attends only within an instance. NSP works on `cls_positions` / `next_sentence_label` [rows, max instances per row]
 with -1 / IGNORE_INDEX fill. Masks are keyed by each instance's index, so they equal the unpacked ones.
+`cu_seqlens` (int32, computed here on the host) lists where each instance, and each row's trailing padding as a
+segment of its own, starts in the flattened [rows x length] token stream, plus its end: the offsets that varlen
+(flash) attention takes instead of a [rows, length, length] mask.
 """
 
 from __future__ import annotations
@@ -179,6 +182,7 @@ class PretrainingCollator:
         per_row = max(len(r) for r in rows)
         cls_positions = np.full((len(rows), per_row), -1, dtype=np.int64)
         nsp_labels = np.full((len(rows), per_row), IGNORE_INDEX, dtype=np.int64)
+        segment_starts = []
         for row, members in enumerate(rows):
             start = 0
             for slot, example in enumerate(members):
@@ -191,12 +195,17 @@ class PretrainingCollator:
                 position_ids[row, span] = np.arange(n)
                 sequence_ids[row, span] = slot
                 cls_positions[row, slot] = start
+                segment_starts.append(row * width + start)
                 if "next_sentence_label" in example:
                     nsp_labels[row, slot] = example["next_sentence_label"]
                 start += n
+            if start < width:  # the row's padding: a segment that attends to itself only
+                segment_starts.append(row * width + start)
+        cu_seqlens = np.asarray(segment_starts + [len(rows) * width], dtype=np.int32)
         batch = {name: torch.from_numpy(value) for name, value in (
             ("input_ids", input_ids), ("token_type_ids", token_type_ids), ("labels", labels),
-            ("position_ids", position_ids), ("sequence_ids", sequence_ids), ("cls_positions", cls_positions))}
+            ("position_ids", position_ids), ("sequence_ids", sequence_ids), ("cls_positions", cls_positions),
+            ("cu_seqlens", cu_seqlens))}
         if "next_sentence_label" in examples[0]:
             batch["next_sentence_label"] = torch.from_numpy(nsp_labels)
         if self.mlm_positions_per_row is not None:
