@@ -224,7 +224,9 @@ def test_packed_run_pads_less(corpus_dir, tmp_path):
     args = ("--max_train_steps", "4", "--logging_steps", "1", "--checkpointing_steps", "none", "--short_seq_prob", "1",
             "--hidden_dropout_prob", "0", "--attention_probs_dropout_prob", "0")
     fractions, seen, losses = {}, {}, {}
-    for name, extra in (("padded", ()), ("packed", ("--pack_sequences",))):
+    runs = (("padded", ()), ("packed", ("--pack_sequences",)),
+            ("packed_fused", ("--pack_sequences", "--fused_encoder")))
+    for name, extra in runs:
         assert run_pretrain(pretrain_args(corpus_dir, tmp_path / name, *args, *extra)) == 0
         lines = [line for line in read_jsonl(tmp_path / name / "metrics.jsonl") if "split" not in line]
         assert len(lines) == 4 and all(math.isfinite(line["loss"]) for line in lines)
@@ -234,7 +236,9 @@ def test_packed_run_pads_less(corpus_dir, tmp_path):
         seen[name] = re.search(r"\((\d+) sequences, (\d+) non-padding tokens\)", card).groups()
     assert fractions["packed"] < 0.75 * fractions["padded"], fractions
     # The same instances are trained on, and counted per instance, not per row.
-    assert seen["packed"] == seen["padded"], seen
-    # after three updates the losses still agree (3e-8 here; normalising NSP per row instead: 2e-4)
-    assert all(math.isclose(a, b, rel_tol=1e-5) for pair in zip(losses["packed"], losses["padded"], strict=True)
-               for a, b in zip(*pair, strict=True)), losses
+    assert seen["packed"] == seen["padded"] == seen["packed_fused"], seen
+    # after three updates the losses still agree (3e-8 here; normalising NSP per row instead: 2e-4), also through
+    # the fused encoder's own packed attention (its block-diagonal SDPA on CPU)
+    for name in ("packed", "packed_fused"):
+        assert all(math.isclose(a, b, rel_tol=1e-5) for pair in zip(losses[name], losses["padded"], strict=True)
+                   for a, b in zip(*pair, strict=True)), (name, losses)
