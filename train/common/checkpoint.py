@@ -106,11 +106,11 @@ def save_checkpoint(accelerator, checkpoints_dir: Path, train_state: TrainState,
             json.dump(manifest, f, indent=1)
             f.flush()
             os.fsync(f.fileno())
-        trash = checkpoints_dir / f"{TRASH_PREFIX}{name}"
-        if final.exists():  # the same step saved again (e.g. epoch end right after a step save)
-            os.replace(final, trash)  # out of sight first: an interrupted rmtree must not leave half a step_N
+        # the same step saved again (e.g. epoch end right after a step save): the old one goes out of sight first
+        trash = _out_of_sight(final) if final.exists() else None
         os.replace(tmp, final)
-        shutil.rmtree(trash, ignore_errors=True)
+        if trash is not None:
+            shutil.rmtree(trash, ignore_errors=True)
         _prune(checkpoints_dir, keep_last_n)
     accelerator.wait_for_everyone()
     return final
@@ -131,12 +131,17 @@ def _prune(checkpoints_dir: Path, keep_last_n: int) -> None:
     if keep_last_n <= 0:
         return
     for old in list_checkpoints(checkpoints_dir)[keep_last_n:]:
-        # Renamed before it is deleted: a stop (a second Ctrl-C, a kill) in the middle of a deletion leaves a
-        # hidden folder the next save removes, never a visible checkpoint with files missing.
-        trash = checkpoints_dir / f"{TRASH_PREFIX}{old.name}"
-        shutil.rmtree(trash, ignore_errors=True)
-        os.replace(old, trash)
-        shutil.rmtree(trash, ignore_errors=True)
+        shutil.rmtree(_out_of_sight(old), ignore_errors=True)
+
+
+def _out_of_sight(folder: Path) -> Path:
+    """Rename a checkpoint folder to its hidden trash name (returned) before it is deleted: a stop (a second
+    Ctrl-C, a kill) in the middle of a deletion leaves a hidden folder the next save removes, never a visible
+    checkpoint with files missing."""
+    trash = folder.parent / f"{TRASH_PREFIX}{folder.name}"
+    shutil.rmtree(trash, ignore_errors=True)
+    os.replace(folder, trash)
+    return trash
 
 
 def validate_checkpoint(folder: Path) -> dict[str, Any]:
