@@ -119,3 +119,13 @@ def test_deepspeed_json_leaves_script_owned_settings_auto(ds_json):
     assert isinstance(cfg["gradient_clipping"], float), "clipping must be explicit (DeepSpeed defaults differ)"
     assert cfg["zero_optimization"]["stage"] in (2, 3)
     assert "optimizer" not in cfg and "scheduler" not in cfg  # the script owns both
+
+
+def test_one_gpu_preset_is_the_main_recipe_with_its_global_batch():
+    """bert_base_1gpu.yaml must not drift from bert_base.yaml: the same recipe, 8 x 32 = 256 on one device."""
+    main = yaml.safe_load((REPO / "train/configs/bert_base.yaml").read_text())
+    one_gpu = yaml.safe_load((REPO / "train/configs/bert_base_1gpu.yaml").read_text())
+    assert one_gpu["per_device_train_batch_size"] == 8 * main["per_device_train_batch_size"]
+    assert one_gpu["gradient_accumulation_steps"] == main["gradient_accumulation_steps"] == 1
+    own = {"per_device_train_batch_size", "per_device_eval_batch_size", "torch_compile", "logging_steps", "output_dir"}
+    assert {k: v for k, v in one_gpu.items() if k not in own} == {k: v for k, v in main.items() if k not in own}

@@ -100,6 +100,9 @@ TABLE: dict[str, Spec] = {
              creates=("runs/smoke_ddp/final/model.safetensors",), check=ddp_run("runs/smoke_ddp")),
     "accelerate launch --config_file accelerate_configs/single_gpu.yaml train/pretrain.py":
         Spec(PARSE, offline=True, why="a GPU"),
+    "accelerate launch --config_file accelerate_configs/single_gpu.yaml train/pretrain.py --config "
+    "train/configs/bert_base_1gpu.yaml":
+        Spec(PARSE, offline=True, why="one large GPU"),
     "accelerate launch --config_file accelerate_configs/multi_gpu.yaml --num_processes 8 train/pretrain.py":
         Spec(PARSE, offline=True, why="8 GPUs"),
     "accelerate launch --config_file accelerate_configs/deepspeed_zero2.yaml --num_processes 8 train/pretrain.py":
