@@ -37,6 +37,7 @@ import torch
 if __package__ in (None, ""):
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from train.common.console import quiet_model_loading
 from train.common.data.masking import IndexedDataset, PretrainingCollator, max_predictions_per_seq
 from train.common.data.pretraining import DataError, InstanceSettings, build_instances, ranges_dataset
 from train.common.evaluation import evaluate_pretraining
@@ -141,19 +142,11 @@ def load_model(model_dir: Path):
     has the NSP head. transformers fills missing weights with random values and only logs it, so a classifier or a
     bare BertModel would give a perplexity of a random MLM head: refuse those from the missing keys."""
     from transformers import AutoTokenizer, BertForPreTraining
-    from transformers.utils import logging as hf_logging
     if not (model_dir / "config.json").is_file():
         raise PerplexityError(f"--model {model_dir}: no config.json (give a save_pretrained folder, e.g. RUN/final)")
     # Quiet: its load report and progress bar would bury the one-line error below (we act on the missing keys).
-    verbosity, progress_bar = hf_logging.get_verbosity(), hf_logging.is_progress_bar_enabled()
-    hf_logging.set_verbosity_error()
-    hf_logging.disable_progress_bar()
-    try:
+    with quiet_model_loading():
         model, info = BertForPreTraining.from_pretrained(str(model_dir), output_loading_info=True)
-    finally:
-        hf_logging.set_verbosity(verbosity)
-        if progress_bar:
-            hf_logging.enable_progress_bar()
     missing = sorted(info["missing_keys"])
     fix = "give a pretraining run's final/ (a BertForPreTraining or BertForMaskedLM checkpoint)"
     if any(key.startswith("cls.predictions.") for key in missing):

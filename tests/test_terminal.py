@@ -133,6 +133,10 @@ def test_evaluation_only_run_prints_its_scores_and_the_answer_repairs(tiny_bert,
                                                                  "--train_articles", "2", "--max_train_steps", "2")])
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert "== SQuAD v1.1 fine-tuning: done in" in proc.stderr
+    # transformers' load report (a table of every new and unused key) gives way to one line of ours.
+    assert "LOAD REPORT" not in proc.stderr and "UNEXPECTED" not in proc.stderr, proc.stderr[:3000]
+    assert "loaded as BertForQuestionAnswering: newly initialised qa_outputs; not used 9 tensors " \
+           "(bert.pooler, cls.predictions, cls.seq_relationship)" in proc.stderr, proc.stderr[:3000]
     evaluated = tmp_path / "eval"
     proc = run([sys.executable, "train/finetune_qa.py",
                 *qa_args(trained / "final", evaluated, "--do_train", "false",

@@ -8,6 +8,7 @@ brings everything back. Progress bars (tqdm) only on the main process and only o
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import sys
@@ -90,6 +91,24 @@ def configure_logging(level: str = "info", bars: bool = True) -> None:
             transformers.utils.logging.disable_progress_bar()  # "Writing model shards" at every export
         except ImportError:
             pass
+
+
+@contextlib.contextmanager
+def quiet_model_loading():
+    """Silence transformers' load report (a table of every missing and unused key, at WARNING) and its progress bar
+    during from_pretrained: the caller reads `output_loading_info` and says what matters in one line of its own.
+    At --log_level debug the report stays."""
+    from transformers.utils import logging as hf_logging
+    verbosity, progress_bar = hf_logging.get_verbosity(), hf_logging.is_progress_bar_enabled()
+    if verbosity > logging.DEBUG:
+        hf_logging.set_verbosity_error()
+        hf_logging.disable_progress_bar()
+    try:
+        yield
+    finally:
+        hf_logging.set_verbosity(verbosity)
+        if progress_bar:
+            hf_logging.enable_progress_bar()
 
 
 def fmt(value: Any, digits: int = 4) -> str:

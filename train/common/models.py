@@ -37,6 +37,7 @@ from torch import nn
 from transformers import BertConfig, BertForPreTraining
 
 from .config import ConfigError
+from .console import quiet_model_loading
 from .data.loaders import TrainingDataError
 from .data.masking import IGNORE_INDEX
 from .fused_encoder import check_fused_encoder_supported, fused_bert_forward
@@ -224,9 +225,10 @@ def load_model_for_task(model_args, auto_class, seed: int, **task_config):
             getattr(model, model.base_model_prefix).compile()
         return model, tokenizer, report
     try:
-        model, info = auto_class.from_pretrained(name, config=config, output_loading_info=True,
-                                                 attn_implementation=model_args.attn_implementation,
-                                                 trust_remote_code=model_args.trust_remote_code)
+        with quiet_model_loading():  # its key table would bury our lines; the summary line below says what counts
+            model, info = auto_class.from_pretrained(name, config=config, output_loading_info=True,
+                                                     attn_implementation=model_args.attn_implementation,
+                                                     trust_remote_code=model_args.trust_remote_code)
     except (OSError, ValueError) as err:
         raise FinetuneModelError(f"model {name!r}: could not load weights as {auto_class.__name__}: "
                                  f"{' '.join(str(err).split())[:300]}") from None
@@ -243,9 +245,22 @@ def load_model_for_task(model_args, auto_class, seed: int, **task_config):
         raise FinetuneModelError(f"model {name!r}: {len(encoder)} encoder tensors are missing from the checkpoint "
                                  f"(e.g. {encoder[:3]}); it is not a {config.model_type} checkpoint this script "
                                  "can fine-tune")
+    logger.info(load_summary(report), main_process_only=True)
     if model_args.torch_compile:
         getattr(model, model.base_model_prefix).compile()  # in place: parameter names stay unchanged
     return model, tokenizer, report
+
+
+def load_summary(report: dict) -> str:
+    """One line for transformers' load report: what is new (the task head), what was left out (other heads)."""
+    def heads(keys):  # modules, two levels deep: cls.predictions.transform.dense.weight -> cls.predictions
+        return ", ".join(sorted({".".join(key.split(".")[:-1][:2]) or key for key in keys})) or "none"
+    line = (f"model {report['source']} loaded as {report['architecture']}: newly initialised "
+            f"{heads(report['newly_initialized'])}; not used {len(report['dropped'])} tensors "
+            f"({heads(report['dropped'])})")
+    if report["mismatched"]:
+        line += f"; re-initialised for a shape mismatch {len(report['mismatched'])} ({report['mismatched'][:2]})"
+    return line
 
 
 def check_max_seq_length(model, max_seq_length: int, source: str) -> None:
