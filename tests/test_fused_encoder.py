@@ -201,7 +201,7 @@ def test_fused_encoder_refuses_what_it_does_not_write_out(vocab):
     with pytest.raises(ConfigError, match="ZeRO-3 partitions; use ZeRO-2 or DDP, or drop --fused_encoder"):
         PretrainingObjective(model, fused_encoder=True)(**_collate(vocab, _examples(vocab)))
     model = _model(vocab)
-    model.gradient_checkpointing_enable()
+    model.activation_checkpointing_enable()  # gradient_checkpointing_enable, deprecated in transformers 5
     with pytest.raises(ConfigError, match="gradient checkpointing"):
         PretrainingObjective(model, fused_encoder=True)
 
